@@ -1,0 +1,59 @@
+"""The application factory: the composition root that wires every domain's router into one app."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from mdm.access_policy.api import router as access_policy_router
+from mdm.audit.api import router as audit_router
+from mdm.auth.api import router as tokens_router
+from mdm.database import Database, open_database
+from mdm.devices.api import router as devices_router
+from mdm.errors import install_error_handlers
+from mdm.health import router as health_router
+from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from mdm.people.api import router as people_router
+from mdm.settings import Settings, get_settings
+
+log = logging.getLogger("mdm.app")
+
+ROUTERS: tuple[APIRouter, ...] = (
+    health_router,
+    tokens_router,
+    audit_router,
+    access_policy_router,
+    people_router,
+    devices_router,
+)
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    owns_database = database is None
+    database = database or open_database(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_database:
+            database.dispose()
+
+    app = FastAPI(
+        title="School MDM",
+        version="0.1.0",
+        summary="Enrol, configure, check and offboard a school's devices.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Outermost first: the request id exists before the body limit can refuse anything.
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes
+    )
+    app.add_middleware(RequestContextMiddleware)
+    return app

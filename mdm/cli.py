@@ -1,0 +1,288 @@
+"""The `mdm` command line: a composition root, like mdm/app.py."""
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mdm.actor import Role, cli_actor
+from mdm.database import Database, open_database
+from mdm.errors import Invalid, ProblemError
+from mdm.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="School MDM: enrol, configure, check and offboard a school's devices.\n\n"
+    "Settings come from MDM_* environment variables (MDM_DATA_DIR, MDM_DATABASE_URL, ...); see the README.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for people and integrations.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+people_app = typer.Typer(help="People from the school's MIS.", no_args_is_help=True)
+devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+for sub, name in (
+    (db_app, "db"),
+    (token_app, "token"),
+    (audit_app, "audit"),
+    (people_app, "people"),
+    (devices_app, "devices"),
+):
+    app.add_typer(sub, name=name)
+
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _database(settings: Settings | None = None) -> Iterator[Database]:
+    settings = settings or get_settings()
+    database = open_database(settings.resolved_database_url)
+    try:
+        _require_schema(database)
+        yield database
+    except ProblemError as exc:
+        _report_problem(exc)
+    finally:
+        database.dispose()
+
+
+def _require_schema(database: Database) -> None:
+    from mdm.migrate import current_revision, head_revision
+
+    if current_revision(database.read_engine) != head_revision():
+        _fail("the database schema is not up to date: run `mdm db upgrade` (or start `mdm serve`) first.")
+
+
+def _report_problem(exc: ProblemError) -> None:
+    err.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+    for item in exc.extra.get("errors", [])[:50]:
+        where = f"line {item['line']}" if item.get("line") else ""
+        err.print(f"  {where} {item.get('field') or ''}: {item['message']}", highlight=False)
+    if len(exc.extra.get("errors", [])) > 50:
+        err.print(f"  ... and {len(exc.extra['errors']) - 50} more", highlight=False)
+    raise typer.Exit(2)
+
+
+# --- serve and db ----------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (MDM_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (MDM_PORT).")] = None,
+) -> None:
+    """Apply migrations and serve the API (with the scheduler, unless MDM_SCHEDULER=off)."""
+    import uvicorn
+
+    from mdm.app import create_app
+    from mdm.logging import configure_logging
+    from mdm.migrate import upgrade
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings(**{**get_settings().model_dump(), **overrides})
+    configure_logging(settings.log_level, settings.log_json)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    _print_welcome(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def _print_welcome(settings: Settings) -> None:
+    from mdm.auth.service import has_active_admin
+
+    database = open_database(settings.resolved_database_url)
+    try:
+        with database.reading() as session:
+            needs_admin = not has_active_admin(session)
+    finally:
+        database.dispose()
+    err.print(
+        f"School MDM is serving at http://{settings.host}:{settings.port}  (API docs at /docs)",
+        highlight=False,
+    )
+    err.print(f"Data directory: {settings.data_dir.resolve()}", highlight=False)
+    if needs_admin:
+        err.print(
+            "No admin token exists yet. In another terminal, in this folder, create your first one with:\n"
+            '  .venv/bin/mdm token create --role admin --name "Your Name"',
+            highlight=False,
+        )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration (safe to run again; replicas take turns)."""
+    from mdm.migrate import current_revision, upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    database = open_database(settings.resolved_database_url)
+    try:
+        err.print(f"The database schema is at revision {current_revision(database.read_engine)}.")
+    finally:
+        database.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision of the database and the newest one this version knows."""
+    from mdm.migrate import current_revision, head_revision
+
+    database = open_database(get_settings().resolved_database_url)
+    try:
+        typer.echo(f"database: {current_revision(database.read_engine) or 'empty'}  newest: {head_revision()}")
+    finally:
+        database.dispose()
+
+
+# --- tokens ----------------------------------------------------------------------------------------
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[Role, typer.Option(help="admin, technician, auditor (read-only) or integration (MIS sync).")],
+    name: Annotated[str, typer.Option(help="Who or what holds the token, e.g. 'Jo Bloggs' or 'MIS sync'.")],
+) -> None:
+    """Create an API token and print it alone on standard output (it is shown only this once)."""
+    from mdm.auth.models import TokenCreate
+    from mdm.auth.service import create_token
+
+    with _database() as database, database.writing() as session:
+        created = create_token(session, TokenCreate(name=name, role=role), cli_actor())
+    typer.echo(created.token)
+    err.print(
+        f"Token {created.id} ({role.value}, {name!r}) created. Store it now: it is not shown again.",
+        highlight=False,
+    )
+
+
+@token_app.command("list")
+def token_list(
+    all_: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List tokens (never their secrets)."""
+    from mdm.auth.service import list_tokens, to_public
+
+    with _database() as database, database.reading() as session:
+        tokens = [to_public(t) for t in list_tokens(session, include_revoked=all_)]
+    if as_json:
+        for token in tokens:
+            typer.echo(token.model_dump_json())
+        return
+    table = Table("id", "prefix", "name", "role", "created", "last used", "revoked")
+    for t in tokens:
+        table.add_row(
+            t.id,
+            t.prefix,
+            t.name,
+            t.role.value,
+            f"{t.created_at:%Y-%m-%d %H:%M}",
+            f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
+            f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
+        )
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id, or its prefix as `list` shows it.")],
+) -> None:
+    """Revoke a token at once."""
+    from mdm.auth.service import revoke_token
+
+    with _database() as database, database.writing() as session:
+        token = revoke_token(session, token_id, cli_actor())
+    err.print(f"Token {token.id} ({token.name!r}) is revoked.", highlight=False)
+
+
+# --- audit -----------------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the whole hash chain; exit 1 and name the first broken link if it was tampered with."""
+    from mdm.audit.service import verify_chain
+
+    with _database() as database, database.reading() as session, _progress() as bar:
+        task = bar.add_task("verifying", total=None)
+        report = verify_chain(session, progress=lambda n: bar.update(task, completed=n))
+    if report.ok:
+        typer.echo(f"The audit chain is intact: {report.events_checked} events verified.")
+        return
+    typer.echo(f"The audit chain is BROKEN at event {report.first_broken_seq}: {report.problem}.")
+    typer.echo(f"{report.events_checked} events before it verified.")
+    raise typer.Exit(1)
+
+
+# --- imports ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        yield bar
+
+
+def _import_file(path: Path, run: Callable[..., object]) -> None:
+    data = path.read_bytes() if str(path) != "-" else sys.stdin.buffer.read()
+    with _database() as database, _progress() as bar:
+        tasks: dict[str, object] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done)  # type: ignore[arg-type]
+
+        try:
+            with database.writing() as session:
+                result = run(session, data, cli_actor(), report)
+        except Invalid as exc:
+            _report_problem(exc)
+    typer.echo(json.dumps(result.model_dump()))  # type: ignore[attr-defined]
+
+
+@people_app.command("import")
+def people_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV: external_id,kind,display_name,groups,date_of_birth ('-' for stdin).", allow_dash=True
+        ),
+    ],
+) -> None:
+    """Upsert people from an MIS export. Any bad line: all are listed and nothing is written."""
+    from mdm.people.service import import_people_csv
+
+    _import_file(file, import_people_csv)
+
+
+@devices_app.command("import")
+def devices_import(
+    file: Annotated[
+        Path,
+        typer.Argument(help="CSV: serial,platform,model,category,asset_tag,person_external_id.", allow_dash=True),
+    ],
+) -> None:
+    """Pre-register school-owned devices by serial. Any bad line: all are listed and nothing is written."""
+    from mdm.devices.service import import_devices_csv
+
+    _import_file(file, import_devices_csv)
+
+
+def main() -> None:
+    app()

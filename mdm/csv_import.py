@@ -1,0 +1,133 @@
+"""All-or-nothing CSV imports: every line is checked before anything is written.
+
+The parser only reads and reports; each domain supplies the check for one row and the bulk write.
+"""
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic import Field as PydanticField
+
+from mdm.errors import Invalid, ProblemError
+
+MAX_REPORTED_ERRORS = 1000
+CSV_MEDIA_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"}
+
+
+class ImportResult(BaseModel):
+    total: int
+    created: int
+    updated: int
+    unchanged: int
+    ignored_columns: list[str] = PydanticField(default_factory=list, description="Columns this import does not read.")
+
+
+class RowError(ValueError):
+    """One line's problems, each as (field, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
+        self.problems = problems
+
+
+def row_error_from_validation(exc: ValidationError) -> RowError:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int)) or "row"
+        problems.append((field, error["msg"]))
+    return RowError(problems)
+
+
+@dataclass
+class ParsedCsv:
+    rows: list[tuple[int, dict[str, str]]]
+    ignored_columns: list[str] = field(default_factory=list)
+
+
+def check_media_type(content_type: str | None) -> None:
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type not in CSV_MEDIA_TYPES:
+        raise ProblemError(415, f"Send the file as text/csv (got {media_type or 'no content type'}).")
+
+
+def parse_csv(data: bytes, required: set[str], optional: set[str]) -> ParsedCsv:
+    """Reads a CSV with a header line; `utf-8-sig` because spreadsheet exports often start with a BOM."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ProblemError(422, f"The file is not UTF-8 text (byte {exc.start} is not valid UTF-8).") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [name.strip().lower() for name in (reader.fieldnames or [])]
+    if not header:
+        raise ProblemError(422, "The file is empty: it needs a header line and one line per record.")
+    missing = sorted(required - set(header))
+    if missing:
+        raise Invalid(
+            f"The header line lacks the column(s): {', '.join(missing)}.",
+            [{"line": 1, "field": name, "message": "missing column"} for name in missing],
+        )
+    reader.fieldnames = header
+    rows = []
+    try:
+        for raw in reader:
+            if None in raw:
+                raise Invalid(
+                    "A line has more fields than the header.",
+                    [{"line": reader.line_num, "field": None, "message": "more fields than the header"}],
+                )
+            values = {k: (v or "").strip() for k, v in raw.items()}
+            if any(values.values()):
+                rows.append((reader.line_num, values))
+    except csv.Error as exc:
+        raise Invalid(
+            "The file is not valid CSV.", [{"line": reader.line_num, "field": None, "message": str(exc)}]
+        ) from exc
+    return ParsedCsv(rows=rows, ignored_columns=sorted(set(header) - required - optional))
+
+
+def validate_rows(
+    parsed: ParsedCsv,
+    check_row: Callable[[dict[str, str]], Any],
+    key_of: Callable[[Any], str],
+    key_name: str,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[int, Any]]:
+    """Checks every row and refuses duplicates of the key; raises Invalid listing every bad line."""
+    errors: list[dict[str, Any]] = []
+    checked: list[tuple[int, Any]] = []
+    first_line: dict[str, int] = {}
+    for count, (line, values) in enumerate(parsed.rows, start=1):
+        try:
+            row = check_row(values)
+        except RowError as exc:
+            errors.extend({"line": line, "field": f, "message": m} for f, m in exc.problems)
+            continue
+        key = key_of(row)
+        if key in first_line:
+            errors.append({"line": line, "field": key_name, "message": f"{key} is also on line {first_line[key]}"})
+            continue
+        first_line[key] = line
+        checked.append((line, row))
+        if progress and count % 1000 == 0:
+            progress(1000)
+    if errors:
+        raise invalid_lines(errors)
+    return checked
+
+
+def invalid_lines(errors: list[dict[str, Any]]) -> Invalid:
+    shown = errors[:MAX_REPORTED_ERRORS]
+    more = len(errors) - len(shown)
+    detail = f"{len(errors)} line(s) are invalid; nothing was imported. Fix them and send the whole file again."
+    if more:
+        detail += f" The first {len(shown)} are listed."
+    return Invalid(detail, shown)
+
+
+def chunks(items: list[Any], size: int = 1000) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,1 @@
+"""The device registry: every device the school knows, its lifecycle state and its latest verdicts."""

@@ -1,0 +1,77 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from starlette.concurrency import run_in_threadpool
+
+from mdm.actor import Role
+from mdm.categories import Category
+from mdm.csv_import import ImportResult, check_media_type
+from mdm.database import Database
+from mdm.dependencies import READERS, ReadSession, WriteSession, allow, get_database
+from mdm.devices import service
+from mdm.devices.models import ComplianceStatus, Device, DevicePublic, DeviceRegister, DeviceState
+from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+Staff = allow(Role.admin, Role.technician)
+Readers = allow(*READERS)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicePublic)
+def register_device(data: DeviceRegister, session: WriteSession, actor: Staff) -> DevicePublic:
+    """Pre-registers a school-owned device by serial (state `registered`); enrolment binds to it later."""
+    return service.register_device(session, data, actor)
+
+
+@router.post(
+    "/import",
+    response_model=ImportResult,
+    openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}, "required": True}},
+)
+async def import_devices(
+    request: Request, actor: Staff, database: Annotated[Database, Depends(get_database)]
+) -> ImportResult:
+    """CSV with the header `serial,platform,model,category,asset_tag,person_external_id`.
+
+    Upserts by serial, all or nothing: any bad line and the answer is 422 listing each one.
+    """
+    check_media_type(request.headers.get("content-type"))
+    data = await request.body()
+
+    def run() -> ImportResult:
+        with database.writing() as session:
+            return service.import_devices_csv(session, data, actor)
+
+    return await run_in_threadpool(run)
+
+
+@router.get("", response_model=Page[DevicePublic])
+def list_devices(
+    session: ReadSession,
+    _actor: Readers,
+    page: Annotated[PageParams, Depends(page_params)],
+    state: DeviceState | None = None,
+    category: Category | None = None,
+    compliance: ComplianceStatus | None = None,
+    person_id: Annotated[str | None, Query(max_length=36)] = None,
+    serial: Annotated[str | None, Query(max_length=100)] = None,
+) -> Page[DevicePublic]:
+    statement = service.devices_query()
+    filters = {
+        Device.state: state,
+        Device.category: category,
+        Device.compliance_status: compliance,
+        Device.person_id: person_id,
+        Device.serial: serial.upper() if serial else None,
+    }
+    for column, value in filters.items():
+        if value is not None:
+            statement = statement.where(column == value)
+    rows = session.exec(keyset(statement, Device.id, page)).all()  # type: ignore[arg-type, call-overload]
+    items, cursor = page_of(rows, page, lambda row: row[0].id)
+    return Page(items=[service.to_public(*row) for row in items], next_cursor=cursor)
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(device_id: str, session: ReadSession, _actor: Readers) -> DevicePublic:
+    return service.get_device(session, device_id)

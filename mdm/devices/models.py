@@ -1,0 +1,103 @@
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, StringConstraints
+from pydantic import Field as PydanticField
+from sqlalchemy import Column, Index
+from sqlmodel import Field, SQLModel
+
+from mdm.categories import Category, NetworkAccess, Platform
+from mdm.database import JsonType, UtcDateTime
+
+
+class DeviceState(StrEnum):
+    registered = "registered"
+    enrolled = "enrolled"
+    exiting = "exiting"
+    retired = "retired"
+    in_stock = "in_stock"
+
+
+class ComplianceStatus(StrEnum):
+    compliant = "compliant"
+    non_compliant = "non_compliant"
+    unknown = "unknown"
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "device"
+    __table_args__ = (
+        Index("ix_device_state_category", "state", "category"),
+        Index("ix_device_person", "person_id"),
+        Index("ix_device_compliance", "compliance_status"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    # NULL for devices that hide their serial (many personal Android devices); unique when known.
+    serial: str | None = Field(default=None, max_length=100, unique=True)
+    platform: str = Field(max_length=20)
+    model: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    os_version: str | None = Field(default=None, max_length=50)
+    category: str = Field(foreign_key="access_policy.category", max_length=30)
+    state: str = Field(max_length=20)
+    # A flag, not a state: a held device (confiscated, legal hold) is never wiped automatically.
+    held: bool = False
+    held_reason: str | None = Field(default=None, max_length=2000)
+    asset_tag: str | None = Field(default=None, max_length=100)
+    person_id: str | None = Field(default=None, foreign_key="person.id", max_length=36)
+    enrolled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    last_checkin_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # The latest compliance verdict; the compliance domain writes it through devices.service.
+    compliance_status: str = Field(default=ComplianceStatus.unknown.value, max_length=20)
+    compliance_failures: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JsonType, nullable=False))
+    compliance_evaluated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+
+
+# Serials are compared upper-case: a technician's typing and the device's own report must match.
+Serial = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, to_upper=True, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9-]+$"),
+]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class DeviceRegister(BaseModel):
+    """Pre-registration of a school-owned device by serial, before it is enrolled."""
+
+    serial: Serial
+    platform: Platform
+    category: Category = Category.school_single_user
+    model: ShortText | None = None
+    asset_tag: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
+    person_id: str | None = PydanticField(None, max_length=36)
+
+
+class ComplianceSummary(BaseModel):
+    status: ComplianceStatus
+    failures: list[dict[str, Any]]
+    evaluated_at: datetime | None
+
+
+class DevicePublic(BaseModel):
+    id: str
+    serial: str | None
+    platform: Platform
+    model: str | None
+    name: str | None
+    os_version: str | None
+    category: Category
+    state: DeviceState
+    held: bool
+    held_reason: str | None
+    asset_tag: str | None
+    person_id: str | None
+    network_access: NetworkAccess
+    enrolled_at: datetime | None
+    last_checkin_at: datetime | None
+    compliance: ComplianceSummary
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,262 @@
+"""The device registry: pre-registration (one by one or by CSV), lookups and filtered lists."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Select, bindparam, insert, update
+from sqlmodel import Session, col, select
+
+from mdm.access_policy.models import AccessRule
+from mdm.actor import Actor
+from mdm.audit.service import record
+from mdm.categories import SCHOOL_OWNED, NetworkAccess
+from mdm.csv_import import (
+    ImportResult,
+    RowError,
+    chunks,
+    invalid_lines,
+    parse_csv,
+    row_error_from_validation,
+    validate_rows,
+)
+from mdm.devices.models import ComplianceSummary, Device, DevicePublic, DeviceRegister, DeviceState
+from mdm.errors import Conflict, Invalid, NotFound
+from mdm.ids import new_id, utcnow
+from mdm.people import service as people
+
+CSV_REQUIRED = {"serial", "platform"}
+CSV_OPTIONAL = {"model", "category", "asset_tag", "person_external_id"}
+Progress = Callable[[str, int, int], None]
+
+
+def _school_owned_only(data: DeviceRegister) -> None:
+    if data.category not in SCHOOL_OWNED:
+        raise Invalid(
+            "Only school-owned devices are pre-registered; personal devices register themselves when they enrol.",
+            [{"field": "category", "message": "must be school_single_user or school_shared"}],
+        )
+
+
+def register_device(session: Session, data: DeviceRegister, actor: Actor) -> DevicePublic:
+    _school_owned_only(data)
+    if data.person_id is not None and session.get(people.Person, data.person_id) is None:
+        raise Invalid("The person does not exist.", [{"field": "person_id", "message": f"no person {data.person_id}"}])
+    existing = find_by_serial(session, data.serial)
+    if existing is not None:
+        raise Conflict(f"A device with serial {data.serial} is registered already.", existing_id=existing.id)
+    now = utcnow()
+    device = Device.model_validate(
+        {
+            **data.model_dump(mode="json"),
+            "id": new_id(),
+            "state": DeviceState.registered.value,
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+    session.add(device)
+    session.flush()
+    record(session, actor, "device.register", "device", device.id, data.model_dump(mode="json"))
+    return get_device(session, device.id)
+
+
+def find_by_serial(session: Session, serial: str) -> Device | None:
+    return session.exec(select(Device).where(Device.serial == serial)).first()
+
+
+def require_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound("device", device_id)
+    return device
+
+
+def _with_policy(statement: Select[Any]) -> Select[Any]:
+    return statement.add_columns(AccessRule.allowed, AccessRule.network_access).join(
+        AccessRule,
+        AccessRule.category == Device.category,  # type: ignore[arg-type]
+    )
+
+
+def devices_query() -> Select[Any]:
+    return _with_policy(select(Device))
+
+
+def network_access(allowed: bool, policy_access: str) -> NetworkAccess:
+    """What the device gets on the school network: the category's policy, none when not allowed."""
+    return NetworkAccess(policy_access) if allowed else NetworkAccess.none
+
+
+def to_public(device: Device, allowed: bool, policy_access: str) -> DevicePublic:
+    compliance = ComplianceSummary(
+        status=device.compliance_status,  # type: ignore[arg-type]
+        failures=device.compliance_failures,
+        evaluated_at=device.compliance_evaluated_at,
+    )
+    return DevicePublic.model_validate(
+        {
+            **device.model_dump(),
+            "network_access": network_access(allowed, policy_access),
+            "compliance": compliance,
+        }
+    )
+
+
+def get_device(session: Session, device_id: str) -> DevicePublic:
+    row = session.exec(devices_query().where(Device.id == device_id)).first()  # type: ignore[call-overload]
+    if row is None:
+        raise NotFound("device", device_id)
+    return to_public(*row)
+
+
+# --- CSV import -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _DeviceRow:
+    register: DeviceRegister
+    person_external_id: str | None
+
+
+@dataclass
+class _DeviceImportPlan:
+    new_rows: list[dict[str, Any]] = field(default_factory=list)
+    changed_rows: list[dict[str, Any]] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def _check_csv_row(values: dict[str, str]) -> _DeviceRow:
+    try:
+        register = DeviceRegister.model_validate(
+            {
+                "serial": values["serial"],
+                "platform": values["platform"].lower(),
+                "category": (values.get("category") or "school_single_user").lower(),
+                "model": values.get("model") or None,
+                "asset_tag": values.get("asset_tag") or None,
+            }
+        )
+    except ValidationError as exc:
+        raise row_error_from_validation(exc) from exc
+    if register.category not in SCHOOL_OWNED:
+        raise RowError(
+            [("category", "only school-owned devices are pre-registered (school_single_user, school_shared)")]
+        )
+    return _DeviceRow(register, values.get("person_external_id") or None)
+
+
+def import_devices_csv(session: Session, data: bytes, actor: Actor, progress: Progress | None = None) -> ImportResult:
+    """Upserts school stock by serial; all-or-nothing, like the people import."""
+    parsed = parse_csv(data, CSV_REQUIRED, CSV_OPTIONAL)
+    checked = validate_rows(parsed, _check_csv_row, lambda r: r.register.serial, "serial")
+    person_ids = people.ids_by_external_id(session, {r.person_external_id for _, r in checked if r.person_external_id})
+    existing = _existing_by_serial(session, [r.register.serial for _, r in checked])
+    plan = _plan_device_import(checked, person_ids, existing)
+    _write_devices(session, plan, progress)
+    summary = {
+        "lines": len(checked),
+        "created": len(plan.new_rows),
+        "updated": len(plan.changed_rows),
+        "unchanged": plan.unchanged,
+        "created_serials": [r["serial"] for r in plan.new_rows],
+        "updated_serials": [r["serial"] for r in plan.changed_rows],
+    }
+    record(session, actor, "device.import", "device", None, summary)
+    return ImportResult(
+        total=len(checked),
+        created=len(plan.new_rows),
+        updated=len(plan.changed_rows),
+        unchanged=plan.unchanged,
+        ignored_columns=parsed.ignored_columns,
+    )
+
+
+def _plan_device_import(
+    checked: list[tuple[int, _DeviceRow]], person_ids: dict[str, str], existing: dict[str, dict[str, Any]]
+) -> _DeviceImportPlan:
+    errors: list[dict[str, Any]] = []
+    plan = _DeviceImportPlan()
+    now = utcnow()
+    for line, row in checked:
+        fields = row.register.model_dump(mode="json", exclude={"person_id"})
+        if row.person_external_id:
+            if row.person_external_id not in person_ids:
+                errors.append(
+                    {
+                        "line": line,
+                        "field": "person_external_id",
+                        "message": f"no person {row.person_external_id}",
+                    }
+                )
+                continue
+            fields["person_id"] = person_ids[row.person_external_id]
+        else:
+            fields["person_id"] = None
+        current = existing.get(fields["serial"])
+        if current is None:
+            plan.new_rows.append(
+                {
+                    **fields,
+                    "id": new_id(),
+                    "state": DeviceState.registered.value,
+                    "held": False,
+                    "compliance_status": "unknown",
+                    "compliance_failures": [],
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        elif current["platform"] != fields["platform"]:
+            errors.append(
+                {
+                    "line": line,
+                    "field": "platform",
+                    "message": f"serial {fields['serial']} is registered as {current['platform']}",
+                }
+            )
+        elif any(current[k] != fields[k] for k in ("model", "category", "asset_tag", "person_id")):
+            plan.changed_rows.append({**fields, "b_id": current["id"], "updated_at": now})
+        else:
+            plan.unchanged += 1
+    if errors:
+        raise invalid_lines(errors)
+    return plan
+
+
+def _existing_by_serial(session: Session, serials: list[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    columns = (
+        Device.id,
+        Device.serial,
+        Device.platform,
+        Device.model,
+        Device.category,
+        Device.asset_tag,
+        Device.person_id,
+    )
+    for chunk in chunks(serials):
+        for row in session.exec(select(*columns).where(col(Device.serial).in_(chunk))):
+            found[row.serial] = row._asdict()
+    return found
+
+
+def _write_devices(session: Session, plan: _DeviceImportPlan, progress: Progress | None) -> None:
+    table = Device.__table__  # type: ignore[attr-defined]
+    total, written = len(plan.new_rows) + len(plan.changed_rows), 0
+    for batch in chunks(plan.new_rows):
+        session.execute(insert(table), batch)
+        written += len(batch)
+        if progress:
+            progress("writing", written, total)
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values({name: bindparam(name) for name in ("model", "category", "asset_tag", "person_id", "updated_at")})
+    )
+    for batch in chunks(plan.changed_rows):
+        session.execute(statement, batch)
+        written += len(batch)
+        if progress:
+            progress("writing", written, total)

@@ -1,0 +1,1 @@
+"""People (learners, staff, visitors) as the school's MIS knows them."""

@@ -1,0 +1,51 @@
+"""Settings from the environment (prefix MDM_), as the operator's contract in API.md describes."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MDM_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Holds the SQLite file, the CA and keys.")
+    database_url: str | None = Field(None, description="Default: SQLite file in the data directory.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str | None = Field(None, description="URL devices use to reach the service.")
+    timezone: str = "Europe/London"
+    scheduler: Literal["on", "off"] = "on"
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # CSV exports from an MIS are far larger than any JSON request; they get their own ceiling.
+    max_import_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name like Europe/London") from exc
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mdm.sqlite3').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
