@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Select
 
 from mdm.errors import ProblemError
+from mdm.ids import is_uuid
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 100
@@ -37,11 +38,16 @@ def encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
 
 
+def _bad_cursor() -> ProblemError:
+    return ProblemError(422, "The cursor is not one this service gave out; start again without it.")
+
+
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ProblemError(422, "The cursor is not one this service gave out.") from exc
+        raise _bad_cursor() from exc
 
 
 def keyset(
@@ -49,11 +55,13 @@ def keyset(
 ) -> Select[Any]:
     """Orders by `key` and starts after the cursor; fetches one extra row to know whether more follow."""
     if params.cursor is not None:
-        after = decode_cursor(params.cursor)
+        after: Any = decode_cursor(params.cursor)
         if key.type.python_type is int:
             if not after.lstrip("-").isdigit():
-                raise ProblemError(422, "The cursor is not one this service gave out.")
-            after = int(after)  # type: ignore[assignment]
+                raise _bad_cursor()
+            after = int(after)
+        elif not is_uuid(after):  # every other key is an id
+            raise _bad_cursor()
         statement = statement.where(key < after if descending else key > after)
     return statement.order_by(key.desc() if descending else key).limit(params.limit + 1)
 

@@ -81,7 +81,8 @@ def verify_chain(session: Session, progress: Callable[[int], None] | None = None
     for event in _stream(session, select(AuditEvent).order_by(AuditEvent.seq)):
         problem = _link_problem(event, expected_seq, expected_prev)
         if problem:
-            return ChainReport(ok=False, events_checked=checked, first_broken_seq=event.seq, problem=problem)
+            broken = min(event.seq, expected_seq)  # a gap breaks at the first missing event
+            return ChainReport(ok=False, events_checked=checked, first_broken_seq=broken, problem=problem)
         expected_prev, expected_seq, checked = event.hash, event.seq + 1, checked + 1
         if progress and checked % 1000 == 0:
             progress(checked)
@@ -100,7 +101,12 @@ def verify_chain(session: Session, progress: Callable[[int], None] | None = None
 
 def _link_problem(event: AuditEvent, expected_seq: int, expected_prev: str) -> str | None:
     if event.seq != expected_seq:
-        return f"events {expected_seq} to {event.seq - 1} are missing: deleted from the log"
+        missing = (
+            f"event {expected_seq} is"
+            if event.seq == expected_seq + 1
+            else f"events {expected_seq}-{event.seq - 1} are"
+        )
+        return f"{missing} missing: deleted from the log"
     if event.prev_hash != expected_prev:
         return f"event {event.seq} does not link to the event before it: the chain was rewritten"
     if event_hash(event) != event.hash:

@@ -1,0 +1,108 @@
+"""Every route refuses a caller without credentials, and an auditor can write nothing.
+
+The walk reads the app's own route table, so a route added later is covered without editing this file.
+"""
+
+import uuid
+
+import pytest
+from fastapi.routing import APIRoute
+
+from mdm.actor import Role
+from mdm.dependencies import RequireRoles
+
+# Deliberately open: health for load balancers, the OpenAPI document and its viewers.
+OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _all_routes(routes):
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI wraps each included router
+        if included is not None:
+            yield from _all_routes(included.routes)
+        else:
+            yield route
+
+
+def _api_routes(app):
+    for route in _all_routes(app.routes):
+        if isinstance(route, APIRoute) and route.path not in OPEN_PATHS:
+            for method in sorted(route.methods):
+                yield method, route
+
+
+def _concrete(path: str) -> str:
+    """Fills every path parameter with an id that exists nowhere."""
+    parts = []
+    for part in path.split("/"):
+        parts.append(str(uuid.uuid4()) if part.startswith("{") else part)
+    return "/".join(parts)
+
+
+def _declared_roles(route: APIRoute) -> frozenset[Role]:
+    roles = [dep.call.roles for dep in route.dependant.dependencies if isinstance(dep.call, RequireRoles)]
+    assert len(roles) == 1, f"{route.path} must declare its roles exactly once"
+    return roles[0]
+
+
+def test_every_route_declares_its_roles(app):
+    routes = list(_api_routes(app))
+    assert len(routes) >= 10
+    for _method, route in routes:
+        assert _declared_roles(route), route.path
+
+
+def test_every_route_refuses_requests_without_credentials(client, app):
+    for method, route in _api_routes(app):
+        response = client.request(method, _concrete(route.path))
+        assert response.status_code == 401, f"{method} {route.path} answered {response.status_code}"
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_every_route_refuses_a_made_up_token(client, app):
+    headers = {"Authorization": "Bearer mdm_not-a-real-token"}
+    for method, route in _api_routes(app):
+        response = client.request(method, _concrete(route.path), headers=headers)
+        assert response.status_code == 401, f"{method} {route.path}"
+
+
+def test_auditor_can_write_nothing(client, app, auth):
+    writes = [(m, r) for m, r in _api_routes(app) if m in WRITE_METHODS]
+    assert writes
+    for method, route in writes:
+        assert Role.auditor not in _declared_roles(route), f"{method} {route.path} lets auditors write"
+        response = client.request(method, _concrete(route.path), headers=auth(Role.auditor), json={})
+        assert response.status_code == 403, f"{method} {route.path} answered {response.status_code}"
+
+
+def test_auditor_reads_devices_and_audit_but_not_tokens(client, auth):
+    assert client.get("/api/v1/devices", headers=auth(Role.auditor)).status_code == 200
+    assert client.get("/api/v1/audit", headers=auth(Role.auditor)).status_code == 200
+    refused = client.get("/api/v1/tokens", headers=auth(Role.auditor))
+    assert refused.status_code == 403
+    assert "admin" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("role", "status"),
+    [(Role.admin, 201), (Role.technician, 201), (Role.integration, 201), (Role.auditor, 403)],
+)
+def test_who_may_create_people(client, auth, role, status):
+    body = {"external_id": f"P-{role.value}", "kind": "learner", "display_name": "Sam"}
+    assert client.post("/api/v1/people", json=body, headers=auth(role)).status_code == status
+
+
+def test_integration_cannot_touch_devices_or_policy(client, auth):
+    headers = auth(Role.integration)
+    device = {"serial": "F9FXK0ABCD12", "platform": "ipados"}
+    assert client.post("/api/v1/devices", json=device, headers=headers).status_code == 403
+    policy = {"allowed": False, "network_access": "none"}
+    assert client.put("/api/v1/access-policy/visitor_owned", json=policy, headers=headers).status_code == 403
+
+
+def test_open_routes_need_no_token(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
