@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -75,9 +76,8 @@ def test_cli_token_create_list_revoke(settings, client):
     listed = _mdm(settings, "token", "list", "--json")
     assert "Head of IT" in listed.stdout
     assert secret not in listed.stdout
-    token_id = (
-        next(line for line in listed.stdout.splitlines() if "Head of IT" in line).split('"id":"')[1].split('"')[0]
-    )
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    token_id = next(row["id"] for row in rows if row["name"] == "Head of IT")
     assert _mdm(settings, "token", "revoke", token_id).returncode == 0
     assert client.get("/api/v1/tokens", headers=headers).status_code == 401
 
