@@ -73,15 +73,12 @@ def require_device(session: Session, device_id: str) -> Device:
     return device
 
 
-def _with_policy(statement: Select[Any]) -> Select[Any]:
-    return statement.add_columns(AccessRule.allowed, AccessRule.network_access).join(
+def devices_query() -> Select[Any]:
+    """Devices with their category's policy, which decides the network access they are given."""
+    return select(Device, AccessRule.allowed, AccessRule.network_access).join(
         AccessRule,
         AccessRule.category == Device.category,  # type: ignore[arg-type]
     )
-
-
-def devices_query() -> Select[Any]:
-    return _with_policy(select(Device))
 
 
 def network_access(allowed: bool, policy_access: str) -> NetworkAccess:
