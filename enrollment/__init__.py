@@ -1,0 +1,1 @@
+"""Enrolment: tokens, the access-policy check at enrolment time, and the school's certificate authority."""
