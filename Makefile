@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint bench lock clean
+.PHONY: run test lint bench lock clean migration
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench
+
+migration: $(STAMP)
+	$(VENV)/bin/python -m mdm.migrate "$(MESSAGE)"
 
 # Re-resolves requirements.lock after a change to pyproject.toml (needs uv, bootstrapped from PyPI).
 lock:

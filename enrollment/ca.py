@@ -95,8 +95,7 @@ def validate_csr(csr_pem: str | bytes) -> x509.CertificateSigningRequest:
         csr = x509.load_pem_x509_csr(data)
     except ValueError as exc:
         raise CSRError(
-            "The CSR is not a PEM certificate signing request "
-            "(expected a '-----BEGIN CERTIFICATE REQUEST-----' block)."
+            "The CSR is not a PEM certificate signing request (expected a '-----BEGIN CERTIFICATE REQUEST-----' block)."
         ) from exc
     _check_csr_key(csr)
     _check_csr_signature(csr)
@@ -115,14 +114,10 @@ def _check_csr_key(csr: x509.CertificateSigningRequest) -> None:
     try:
         key = csr.public_key()
     except (UnsupportedAlgorithm, ValueError) as exc:
-        raise CSRError(
-            f"The CSR's public key is of a type this service cannot read; use {ACCEPTED_KEYS}."
-        ) from exc
+        raise CSRError(f"The CSR's public key is of a type this service cannot read; use {ACCEPTED_KEYS}.") from exc
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
-            raise CSRError(
-                f"The CSR's RSA key is {key.key_size} bits; at least {MIN_RSA_BITS} bits are required."
-            )
+            raise CSRError(f"The CSR's RSA key is {key.key_size} bits; at least {MIN_RSA_BITS} bits are required.")
         return
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return
@@ -210,9 +205,7 @@ class CertificateAuthority:
         """Certify a key for signing configuration profiles (no EKU: Apple needs only digitalSignature)."""
         return self._sign(self._leaf_builder(public_key, _name(common_name), validity_days))
 
-    def build_crl(
-        self, revoked: Iterable[tuple[int, datetime]], crl_number: int, next_update_hours: int = 24
-    ) -> bytes:
+    def build_crl(self, revoked: Iterable[tuple[int, datetime]], crl_number: int, next_update_hours: int = 24) -> bytes:
         """A DER CRL of (serial, revoked_at) pairs; naive datetimes are taken as UTC, like the database's."""
         if crl_number < 0:
             raise ValueError("crl_number must not be negative")

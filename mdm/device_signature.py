@@ -51,9 +51,7 @@ def canonical_request(method: str, path_with_query: str, timestamp: int, nonce: 
     return f"{method.upper()}\n{path_with_query}\n{timestamp}\n{nonce}\n{body_hash}".encode()
 
 
-def sign_request(
-    private_key: SigningKey, method: str, path: str, timestamp: int, nonce: str, body: bytes
-) -> str:
+def sign_request(private_key: SigningKey, method: str, path: str, timestamp: int, nonce: str, body: bytes) -> str:
     """Base64 signature for the X-MDM-Signature header (ECDSA P-256/SHA-256 or RSA PKCS#1 v1.5/SHA-256)."""
     message = canonical_request(method, path, timestamp, nonce, body)
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
@@ -87,9 +85,7 @@ def verify_request_signature(
         else:
             raise SignatureError(_unsupported(public_key))
     except InvalidSignature as exc:
-        raise SignatureError(
-            f"{SIGNATURE_HEADER} does not match this request for the device's enrolled key."
-        ) from exc
+        raise SignatureError(f"{SIGNATURE_HEADER} does not match this request for the device's enrolled key.") from exc
 
 
 def check_timestamp(timestamp_header: str, now: float, max_skew: int = MAX_SKEW_SECONDS) -> int:

@@ -207,9 +207,7 @@ def test_processes_starting_together_end_up_with_one_ca(tmp_path: Path) -> None:
     assert set(outputs) == {fingerprint(load_or_create_ca(tmp_path, None)).hex()}
 
 
-def test_losing_the_creation_race_loads_the_winners_ca(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_losing_the_creation_race_loads_the_winners_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     generate = ca_module._self_signed_ca_certificate
     winner: list[CertificateAuthority] = []
     calls = 0
@@ -245,9 +243,7 @@ def test_device_certificate_verifies_against_the_ca_with_openssl(
     assert output.strip().endswith(": OK")
 
 
-def test_device_certificate_names_the_device_not_the_csr_subject(
-    ca: CertificateAuthority, tmp_path: Path
-) -> None:
+def test_device_certificate_names_the_device_not_the_csr_subject(ca: CertificateAuthority, tmp_path: Path) -> None:
     csr = openssl_csr(tmp_path, *P256, subject="/CN=someone-else/O=Another School")
     device_id, cert_path = issue_to_file(ca, tmp_path, csr)
 
@@ -262,9 +258,7 @@ def test_device_certificate_names_the_device_not_the_csr_subject(
     assert "X509v3 Basic Constraints: critical\n                CA:FALSE" in text
 
 
-def test_device_certificate_points_at_the_ca_key_that_signed_it(
-    ca: CertificateAuthority, tmp_path: Path
-) -> None:
+def test_device_certificate_points_at_the_ca_key_that_signed_it(ca: CertificateAuthority, tmp_path: Path) -> None:
     _, cert_path = issue_to_file(ca, tmp_path, openssl_csr(tmp_path, *P256))
     certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
 
@@ -360,9 +354,7 @@ def test_acceptable_csrs_pass_validation_as_text_or_bytes(tmp_path: Path) -> Non
 # --- Revocation -----------------------------------------------------------------------------------
 
 
-def write_crl(
-    ca: CertificateAuthority, workdir: Path, revoked: list[tuple[int, datetime]], number: int
-) -> Path:
+def write_crl(ca: CertificateAuthority, workdir: Path, revoked: list[tuple[int, datetime]], number: int) -> Path:
     (workdir / "crl.der").write_bytes(ca.build_crl(revoked, number))
     openssl_ok("crl", "-inform", "DER", "-in", "crl.der", "-out", "crl.pem", cwd=workdir)
     return workdir / "crl.pem"
@@ -377,9 +369,7 @@ def test_a_revoked_device_certificate_fails_openssl_crl_check(
     crl = write_crl(ca, tmp_path, [(serial, datetime.now(UTC))], 1)
 
     def verify(cert: Path) -> subprocess.CompletedProcess[str]:
-        return openssl(
-            "verify", "-crl_check", "-CRLfile", crl, "-CAfile", ca_dir / "ca.pem", cert, cwd=tmp_path
-        )
+        return openssl("verify", "-crl_check", "-CRLfile", crl, "-CAfile", ca_dir / "ca.pem", cert, cwd=tmp_path)
 
     revoked = verify(revoked_cert)
     assert revoked.returncode != 0
@@ -453,9 +443,7 @@ def test_profile_signing_key_is_encrypted_when_the_ca_has_a_passphrase(tmp_path:
         load_or_create_profile_signer(tmp_path, ca)
 
 
-def test_a_profile_signer_near_expiry_is_renewed_with_the_same_key(
-    tmp_path: Path, ca: CertificateAuthority
-) -> None:
+def test_a_profile_signer_near_expiry_is_renewed_with_the_same_key(tmp_path: Path, ca: CertificateAuthority) -> None:
     first = load_or_create_profile_signer(tmp_path, ca)
     expiring = ca.issue_signing_certificate(first.private_key.public_key(), validity_days=10)
     (tmp_path / "ca" / "profile-signing.pem").write_text(expiring.pem)

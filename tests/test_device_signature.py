@@ -53,9 +53,7 @@ def openssl(*args: str | Path, cwd: Path, stdin: bytes | None = None) -> subproc
 
 def make_openssl_key(workdir: Path, name: str, *genpkey: str) -> OpensslKey:
     assert openssl("genpkey", *genpkey, "-out", f"{name}.key", cwd=workdir).returncode == 0
-    assert (
-        openssl("pkey", "-in", f"{name}.key", "-pubout", "-out", f"{name}.pub", cwd=workdir).returncode == 0
-    )
+    assert openssl("pkey", "-in", f"{name}.key", "-pubout", "-out", f"{name}.pub", cwd=workdir).returncode == 0
     return OpensslKey(workdir / f"{name}.key", workdir / f"{name}.pub")
 
 
@@ -96,9 +94,7 @@ def test_a_newline_inside_a_field_is_refused() -> None:
 
 
 def test_openssl_made_keys_round_trip(device_key: OpensslKey) -> None:
-    verify_request_signature(
-        device_key.public_key(), signed(device_key), "POST", PATH, TIMESTAMP, NONCE, BODY
-    )
+    verify_request_signature(device_key.public_key(), signed(device_key), "POST", PATH, TIMESTAMP, NONCE, BODY)
 
 
 def test_the_method_is_compared_case_insensitively(device_key: OpensslKey) -> None:
@@ -213,9 +209,7 @@ def test_a_fractional_server_clock_still_refuses_just_past_the_limit() -> None:
         check_timestamp(str(int(NOW) - 300), NOW + 0.5)
 
 
-@pytest.mark.parametrize(
-    "header", ["", "soon", "1718000000.5", "+1718000000", " 1718000000", "-5", "1e9", "١٧١٨"]
-)
+@pytest.mark.parametrize("header", ["", "soon", "1718000000.5", "+1718000000", " 1718000000", "-5", "1e9", "١٧١٨"])
 def test_a_timestamp_that_is_not_whole_unix_seconds_is_refused(header: str) -> None:
     with pytest.raises(SignatureError, match="must be Unix time in whole seconds"):
         check_timestamp(header, NOW)

@@ -21,6 +21,7 @@ from mdm.csv_import import (
     row_error_from_validation,
     validate_rows,
 )
+from mdm.database import refresh_statistics
 from mdm.devices.models import ComplianceSummary, Device, DevicePublic, DeviceRegister, DeviceState
 from mdm.errors import Conflict, Invalid, NotFound
 from mdm.ids import new_id, utcnow
@@ -257,3 +258,5 @@ def _write_devices(session: Session, plan: _DeviceImportPlan, progress: Progress
         written += len(batch)
         if progress:
             progress("writing", written, total)
+    if total > 1000:
+        refresh_statistics(session, "device")

@@ -13,12 +13,14 @@ from sqlmodel import Session, col, select
 from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.csv_import import ImportResult, chunks, parse_csv, row_error_from_validation, validate_rows
+from mdm.database import refresh_statistics
 from mdm.errors import Conflict, NotFound
 from mdm.ids import new_id, utcnow
 from mdm.people.models import Person, PersonCreate, PersonGroup, PersonPublic
 
 CSV_REQUIRED = {"external_id", "kind", "display_name"}
 CSV_OPTIONAL = {"groups", "date_of_birth"}
+BULK_THRESHOLD = 1000  # rows written before the planner's statistics are refreshed
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -241,3 +243,5 @@ def _write_people(
         session.execute(delete(group_table).where(group_table.c.person_id.in_(chunk)))
     for batch in chunks(group_rows, 5000):
         session.execute(insert(group_table), batch)
+    if total > BULK_THRESHOLD:
+        refresh_statistics(session, "person", "person_group")

@@ -1,0 +1,1 @@
+"""Benchmarks, run by hand (`make bench`); the figures go in the README."""

@@ -1,0 +1,1 @@
+"""Compliance: rules, the nightly run, grace periods, remediation, quarantine, reports and webhooks."""

@@ -1,0 +1,1 @@
+"""Leavers: exit cases, per-device checklists and evidence reports."""
