@@ -6,15 +6,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from enrollment.api import router as enrollment_router
+from enrollment.ca import load_or_create_ca
 from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
 from mdm.auth.api import router as tokens_router
+from mdm.channel.api import router as channel_router
+from mdm.commands.api import router as commands_router
 from mdm.database import Database, open_database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
 from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from mdm.people.api import router as people_router
+from mdm.sealing import Sealer
 from mdm.settings import Settings, get_settings
 
 log = logging.getLogger("mdm.app")
@@ -26,6 +31,9 @@ ROUTERS: tuple[APIRouter, ...] = (
     access_policy_router,
     people_router,
     devices_router,
+    commands_router,
+    channel_router,
+    enrollment_router,
 )
 
 
@@ -48,6 +56,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings = settings
     app.state.database = database
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
+    app.state.sealer = Sealer.load_or_create(settings.data_dir)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -118,3 +118,14 @@ def refresh_statistics(session: Session, *tables: str) -> None:
     if session.get_bind().dialect.name == "postgresql":
         for table in tables:
             session.exec(text(f"ANALYZE {table}"))  # type: ignore[call-overload]
+
+
+def insert_ignoring_duplicates(session: Session, model: Any, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING on either database; True when the row was new."""
+    table = model.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    result = session.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -11,6 +11,10 @@ MODEL_MODULES = (
     "mdm.access_policy.models",
     "mdm.people.models",
     "mdm.devices.models",
+    "mdm.commands.models",
+    "mdm.inventory.models",
+    "mdm.channel.models",
+    "enrollment.models",
 )
 
 

@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     # CSV exports from an MIS are far larger than any JSON request; they get their own ceiling.
     max_import_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    ca_passphrase: SecretStr | None = Field(None, description="Encrypts the CA key on disk.")
+    device_certificate_days: int = Field(397, ge=1, le=3650)
+    checkin_interval_seconds: int = Field(14400, ge=60)
+    # A command delivered but unanswered this long is delivered again at the next check-in.
+    command_redelivery_seconds: int = Field(900, ge=10)
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -40,6 +45,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'mdm.sqlite3').resolve()}"
+
+    @property
+    def ca_passphrase_value(self) -> str | None:
+        value = self.ca_passphrase.get_secret_value() if self.ca_passphrase else ""
+        return value or None
 
     @property
     def base_url(self) -> str:

@@ -9,10 +9,23 @@ import pytest
 from fastapi.routing import APIRoute
 
 from mdm.actor import Role
+from mdm.channel.api import DeviceSignature
 from mdm.dependencies import RequireRoles
 
-# Deliberately open: health for load balancers, the OpenAPI document and its viewers.
-OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# Deliberately open: health for load balancers, the OpenAPI document and its viewers, enrolment (the
+# enrolment token is the credential, tested in test_enrollment) and the public PKI files that network
+# devices fetch (the CA certificate and the CRL).
+OPEN_PATHS = {
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/api/v1/enroll",
+    "/api/v1/pki/ca.pem",
+    "/api/v1/pki/crl",
+}
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -40,17 +53,28 @@ def _concrete(path: str) -> str:
     return "/".join(parts)
 
 
+def _device_signed(route: APIRoute) -> bool:
+    """The device channel: no roles, a signature by the device's enrolled key (tested in test_channel)."""
+    return any(isinstance(dep.call, DeviceSignature) for dep in route.dependant.dependencies)
+
+
 def _declared_roles(route: APIRoute) -> frozenset[Role]:
     roles = [dep.call.roles for dep in route.dependant.dependencies if isinstance(dep.call, RequireRoles)]
     assert len(roles) == 1, f"{route.path} must declare its roles exactly once"
     return roles[0]
 
 
-def test_every_route_declares_its_roles(app):
+def test_every_route_declares_its_roles_or_is_device_signed(app):
     routes = list(_api_routes(app))
     assert len(routes) >= 10
+    signed = [route.path for _, route in routes if _device_signed(route)]
+    assert sorted(signed) == [
+        "/api/v1/devices/{device_id}/checkin",
+        "/api/v1/devices/{device_id}/commands/{command_id}/result",
+    ]
     for _method, route in routes:
-        assert _declared_roles(route), route.path
+        if not _device_signed(route):
+            assert _declared_roles(route), route.path
 
 
 def test_every_route_refuses_requests_without_credentials(client, app):
@@ -58,7 +82,8 @@ def test_every_route_refuses_requests_without_credentials(client, app):
         response = client.request(method, _concrete(route.path))
         assert response.status_code == 401, f"{method} {route.path} answered {response.status_code}"
         assert response.headers["content-type"] == "application/problem+json"
-        assert response.headers["www-authenticate"].startswith("Bearer")
+        expected = "MDM-Signature" if _device_signed(route) else "Bearer"
+        assert response.headers["www-authenticate"].startswith(expected)
 
 
 def test_every_route_refuses_a_made_up_token(client, app):
@@ -72,8 +97,11 @@ def test_auditor_can_write_nothing(client, app, auth):
     writes = [(m, r) for m, r in _api_routes(app) if m in WRITE_METHODS]
     assert writes
     for method, route in writes:
-        assert Role.auditor not in _declared_roles(route), f"{method} {route.path} lets auditors write"
         response = client.request(method, _concrete(route.path), headers=auth(Role.auditor), json={})
+        if _device_signed(route):  # a bearer token is no device signature
+            assert response.status_code == 401, f"{method} {route.path} answered {response.status_code}"
+            continue
+        assert Role.auditor not in _declared_roles(route), f"{method} {route.path} lets auditors write"
         assert response.status_code == 403, f"{method} {route.path} answered {response.status_code}"
 
 

@@ -5,11 +5,12 @@ from starlette.concurrency import run_in_threadpool
 
 from mdm.actor import Role
 from mdm.categories import Category
+from mdm.commands import service as commands
 from mdm.csv_import import ImportResult, check_media_type
 from mdm.database import Database
 from mdm.dependencies import READERS, ReadSession, WriteSession, allow, get_database
 from mdm.devices import service
-from mdm.devices.models import ComplianceStatus, Device, DevicePublic, DeviceRegister, DeviceState
+from mdm.devices.models import ComplianceStatus, Device, DevicePublic, DeviceRegister, DeviceState, HoldChange
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
@@ -74,4 +75,13 @@ def list_devices(
 
 @router.get("/{device_id}", response_model=DevicePublic)
 def get_device(device_id: str, session: ReadSession, _actor: Readers) -> DevicePublic:
+    return service.get_device(session, device_id)
+
+
+@router.put("/{device_id}/hold", response_model=DevicePublic)
+def set_hold(device_id: str, change: HoldChange, session: WriteSession, actor: Staff) -> DevicePublic:
+    """Hold a device (confiscated, legal hold): it is never erased while held. `{"held": false}` releases it."""
+    device = service.set_hold(session, device_id, change, actor)
+    if device.held:
+        commands.cancel_erase_on_hold(session, device_id, actor)
     return service.get_device(session, device_id)

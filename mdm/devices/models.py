@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, StringConstraints
 from pydantic import Field as PydanticField
-from sqlalchemy import Column, Index
+from sqlalchemy import Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, NetworkAccess, Platform
@@ -48,6 +48,8 @@ class Device(SQLModel, table=True):
     asset_tag: str | None = Field(default=None, max_length=100)
     person_id: str | None = Field(default=None, foreign_key="person.id", max_length=36)
     enrolled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # When the user accepted the acceptable use policy at enrolment (personal devices must).
+    aup_accepted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     last_checkin_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     # The latest compliance verdict; the compliance domain writes it through devices.service.
     compliance_status: str = Field(default=ComplianceStatus.unknown.value, max_length=20)
@@ -101,3 +103,26 @@ class DevicePublic(BaseModel):
     compliance: ComplianceSummary
     created_at: datetime
     updated_at: datetime
+
+
+class DeviceCertificate(SQLModel, table=True):
+    """An identity certificate issued to a device; the device channel trusts only its latest live one."""
+
+    __tablename__ = "device_certificate"
+
+    # Hex: certificate serials are up to 159 bits, beyond any integer column.
+    serial_number: str = Field(primary_key=True, max_length=40)
+    device_id: str = Field(foreign_key="device.id", index=True, max_length=36)
+    certificate_pem: str = Field(sa_type=Text)
+    fingerprint_sha256: str = Field(max_length=64)
+    issued_at: datetime = Field(sa_type=UtcDateTime)
+    not_after: datetime = Field(sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime, index=True)
+    revocation_reason: str | None = Field(default=None, max_length=500)
+
+
+class HoldChange(BaseModel):
+    held: bool
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] | None = PydanticField(
+        None, description="Why the device is held (required when holding): e.g. confiscated, legal hold."
+    )

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,7 +23,15 @@ from mdm.csv_import import (
     validate_rows,
 )
 from mdm.database import refresh_statistics
-from mdm.devices.models import ComplianceSummary, Device, DevicePublic, DeviceRegister, DeviceState
+from mdm.devices.models import (
+    ComplianceSummary,
+    Device,
+    DeviceCertificate,
+    DevicePublic,
+    DeviceRegister,
+    DeviceState,
+    HoldChange,
+)
 from mdm.errors import Conflict, Invalid, NotFound
 from mdm.ids import new_id, utcnow
 from mdm.people import service as people
@@ -260,3 +269,92 @@ def _write_devices(session: Session, plan: _DeviceImportPlan, progress: Progress
             progress("writing", written, total)
     if total > 1000:
         refresh_statistics(session, "device")
+
+
+# --- Identity certificates -------------------------------------------------------------------------
+
+
+def add_certificate(
+    session: Session, device_id: str, pem: str, serial_number: int, fingerprint: str, not_after: datetime
+) -> DeviceCertificate:
+    certificate = DeviceCertificate(
+        serial_number=format(serial_number, "x"),
+        device_id=device_id,
+        certificate_pem=pem,
+        fingerprint_sha256=fingerprint,
+        issued_at=utcnow(),
+        not_after=not_after,
+    )
+    session.add(certificate)
+    session.flush()
+    return certificate
+
+
+def latest_certificate(session: Session, device_id: str) -> DeviceCertificate | None:
+    statement = (
+        select(DeviceCertificate)
+        .where(DeviceCertificate.device_id == device_id)
+        .order_by(col(DeviceCertificate.issued_at).desc())
+        .limit(1)
+    )
+    return session.exec(statement).first()
+
+
+def revoke_certificates(session: Session, device_id: str, reason: str) -> list[str]:
+    """Revokes every live certificate of the device; returns their serials (hex)."""
+    live = session.exec(
+        select(DeviceCertificate).where(
+            DeviceCertificate.device_id == device_id, col(DeviceCertificate.revoked_at).is_(None)
+        )
+    ).all()
+    now = utcnow()
+    for certificate in live:
+        certificate.revoked_at, certificate.revocation_reason = now, reason
+        session.add(certificate)
+    session.flush()
+    return [c.serial_number for c in live]
+
+
+def revoked_certificates(session: Session) -> list[tuple[int, datetime]]:
+    """(serial, revoked_at) of every revoked certificate, for the CRL."""
+    statement = (
+        select(DeviceCertificate.serial_number, DeviceCertificate.revoked_at)
+        .where(col(DeviceCertificate.revoked_at).is_not(None))
+        .order_by(DeviceCertificate.revoked_at)
+    )
+    return [(int(serial, 16), revoked_at) for serial, revoked_at in session.exec(statement)]  # type: ignore[misc]
+
+
+# --- Lifecycle -------------------------------------------------------------------------------------
+
+
+def lock_for_update(session: Session, device_id: str) -> Device:
+    """The device row, locked: serialises check-ins and lifecycle changes of one device on PostgreSQL."""
+    statement = select(Device).where(Device.id == device_id).with_for_update()
+    device = session.exec(statement.execution_options(populate_existing=True)).first()
+    if device is None:
+        raise NotFound("device", device_id)
+    return device
+
+
+def set_hold(session: Session, device_id: str, change: HoldChange, actor: Actor) -> Device:
+    device = lock_for_update(session, device_id)
+    if change.held and not change.reason:
+        raise Invalid("Say why the device is held.", [{"field": "reason", "message": "required when holding"}])
+    if device.held == change.held and device.held_reason == (change.reason if change.held else None):
+        return device
+    device.held = change.held
+    device.held_reason = change.reason if change.held else None
+    device.updated_at = utcnow()
+    session.add(device)
+    action = "device.hold" if change.held else "device.release"
+    record(session, actor, action, "device", device.id, {"reason": change.reason})
+    return device
+
+
+def mark_checked_in(session: Session, device: Device, os_version: str | None, now: datetime) -> None:
+    device.last_checkin_at = now
+    if os_version and os_version != device.os_version:
+        device.os_version = os_version
+        device.updated_at = now
+    session.add(device)

@@ -1,0 +1,117 @@
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from sqlmodel import select
+
+from enrollment import service
+from enrollment.ca import CertificateAuthority
+from enrollment.models import (
+    EnrollmentToken,
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenPublic,
+    EnrollRequest,
+    EnrollResponse,
+    RevokeRequest,
+)
+from enrollment.qr import qr_png, qr_svg
+from mdm.actor import Role
+from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow
+from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.sealing import Sealer
+
+router = APIRouter(tags=["enrolment"])
+Staff = allow(Role.admin, Role.technician)
+
+
+def get_ca(request: Request) -> CertificateAuthority:
+    return request.app.state.ca
+
+
+def get_sealer(request: Request) -> Sealer:
+    return request.app.state.sealer
+
+
+CA = Annotated[CertificateAuthority, Depends(get_ca)]
+Sealed = Annotated[Sealer, Depends(get_sealer)]
+
+
+@router.post("/api/v1/enrollment-tokens", status_code=status.HTTP_201_CREATED, response_model=EnrollmentTokenCreated)
+def create_enrollment_token(
+    data: EnrollmentTokenCreate, session: WriteSession, actor: Staff, settings: AppSettings, sealer: Sealed
+) -> EnrollmentTokenCreated:
+    """A token for one category (and optionally one person). `max_uses` > 1 enrols a whole cart of stock."""
+    return service.create_token(session, data, actor, settings.base_url, sealer)
+
+
+@router.get("/api/v1/enrollment-tokens", response_model=Page[EnrollmentTokenPublic])
+def list_enrollment_tokens(
+    session: ReadSession,
+    _actor: allow(*READERS),
+    page: Annotated[PageParams, Depends(page_params)],
+    active: bool = False,
+) -> Page[EnrollmentTokenPublic]:
+    statement = select(EnrollmentToken)
+    if active:
+        ids = [t.id for t in service.list_tokens(session, active_only=True)]
+        statement = statement.where(EnrollmentToken.id.in_(ids))  # type: ignore[attr-defined]
+    rows = session.exec(keyset(statement, EnrollmentToken.id, page)).all()  # type: ignore[arg-type,call-overload]
+    items, cursor = page_of(rows, page, lambda token: token.id)
+    return Page(items=[service.to_public(t) for t in items], next_cursor=cursor)
+
+
+@router.get("/api/v1/enrollment-tokens/{token_id}", response_model=EnrollmentTokenPublic)
+def get_enrollment_token(token_id: str, session: ReadSession, _actor: allow(*READERS)) -> EnrollmentTokenPublic:
+    return service.to_public(service.get_token(session, token_id))
+
+
+@router.delete("/api/v1/enrollment-tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_enrollment_token(token_id: str, session: WriteSession, actor: Staff) -> Response:
+    service.revoke_token(session, token_id, actor)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/api/v1/enrollment-tokens/{token_id}/qr.svg", response_class=Response)
+def enrollment_qr_svg(
+    token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: Sealed
+) -> Response:
+    """The QR code of the enrolment link, to show on screen."""
+    link = service.token_link(session, token_id, settings.base_url, sealer)
+    return Response(qr_svg(link), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/v1/enrollment-tokens/{token_id}/qr.png", response_class=Response)
+def enrollment_qr_png(
+    token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: Sealed
+) -> Response:
+    """The QR code of the enrolment link, to print."""
+    link = service.token_link(session, token_id, settings.base_url, sealer)
+    return Response(qr_png(link), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.post("/api/v1/enroll", status_code=status.HTTP_201_CREATED, response_model=EnrollResponse)
+def enroll(data: EnrollRequest, session: WriteSession, ca: CA, settings: AppSettings) -> EnrollResponse:
+    """A device enrols itself: the enrolment token is the credential, the CSR carries its new key."""
+    return service.enroll(session, data, ca, settings.base_url, settings.device_certificate_days)
+
+
+@router.post("/api/v1/devices/{device_id}/revoke", response_model=dict[str, Any])
+def revoke_device(
+    device_id: str, data: RevokeRequest, session: WriteSession, actor: allow(Role.admin)
+) -> dict[str, Any]:
+    """Shuts the device out at once: its certificate is revoked and the CRL lists it."""
+    return service.revoke_device(session, device_id, data.reason, actor)
+
+
+@router.get("/api/v1/pki/ca.pem", response_class=Response)
+def ca_certificate(ca: CA) -> Response:
+    """The school's CA certificate (PEM), which every device certificate chains to. Public."""
+    return Response(ca.certificate_pem, media_type="application/x-pem-file")
+
+
+@router.get("/api/v1/pki/crl", response_class=Response)
+def certificate_revocation_list(session: ReadSession, ca: CA) -> Response:
+    """Every revoked device certificate (DER), for the Wi-Fi's RADIUS server and other network devices. Public."""
+    return Response(
+        service.crl_der(session, ca), media_type="application/pkix-crl", headers={"Cache-Control": "no-cache"}
+    )

@@ -1,0 +1,286 @@
+"""Enrolment: tokens, the checks a device must pass to enrol, its identity certificate, revocation and the CRL."""
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from enrollment.ca import CertificateAuthority, CSRError
+from enrollment.models import (
+    EnrollmentToken,
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenPublic,
+    EnrollRequest,
+    EnrollResponse,
+    PkiState,
+)
+from mdm.access_policy import service as access_policy
+from mdm.actor import Actor
+from mdm.audit.service import record
+from mdm.categories import PERSONAL, SCHOOL_OWNED, Category
+from mdm.devices import service as devices
+from mdm.devices.models import Device, DeviceState
+from mdm.errors import Conflict, Invalid, NotFound, ProblemError
+from mdm.ids import new_id, utcnow
+from mdm.people import service as people
+from mdm.sealing import Sealer
+
+TOKEN_PREFIX = "enr_"  # noqa: S105 (a public prefix that tells the two kinds of token apart, not a secret)
+PKI_STATE_ID = 1
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def enroll_url(base_url: str, secret: str) -> str:
+    return f"{base_url}/api/v1/enroll?token={secret}"
+
+
+def token_status(token: EnrollmentToken, now: datetime) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at <= now:
+        return "expired"
+    if token.uses >= token.max_uses:
+        return "used_up"
+    return "active"
+
+
+def to_public(token: EnrollmentToken) -> EnrollmentTokenPublic:
+    return EnrollmentTokenPublic.model_validate({**token.model_dump(), "status": token_status(token, utcnow())})
+
+
+# --- Tokens ----------------------------------------------------------------------------------------
+
+
+def create_token(
+    session: Session, data: EnrollmentTokenCreate, actor: Actor, base_url: str, sealer: Sealer
+) -> EnrollmentTokenCreated:
+    if data.person_id is not None:
+        people.require_person(session, data.person_id)
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(24)
+    now = utcnow()
+    token = EnrollmentToken.model_validate(
+        {
+            **data.model_dump(exclude={"expires_in_hours"}),
+            "id": new_id(),
+            "token_hash": _hash(secret),
+            "sealed_token": sealer.seal(secret),
+            "expires_at": now + timedelta(hours=data.expires_in_hours),
+            "created_at": now,
+            "created_by": actor.label,
+        }
+    )
+    session.add(token)
+    summary = data.model_dump(mode="json")
+    record(session, actor, "enrollment_token.create", "enrollment_token", token.id, summary)
+    return EnrollmentTokenCreated(
+        **to_public(token).model_dump(), token=secret, enroll_url=enroll_url(base_url, secret)
+    )
+
+
+def get_token(session: Session, token_id: str) -> EnrollmentToken:
+    token = session.get(EnrollmentToken, token_id)
+    if token is None:
+        raise NotFound("enrolment token", token_id)
+    return token
+
+
+def list_tokens(session: Session, active_only: bool) -> list[EnrollmentToken]:
+    statement = select(EnrollmentToken).order_by(EnrollmentToken.id)
+    if active_only:
+        statement = statement.where(
+            col(EnrollmentToken.revoked_at).is_(None),
+            EnrollmentToken.expires_at > utcnow(),
+            EnrollmentToken.uses < EnrollmentToken.max_uses,
+        )
+    return list(session.exec(statement))
+
+
+def revoke_token(session: Session, token_id: str, actor: Actor) -> EnrollmentToken:
+    token = get_token(session, token_id)
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        token.sealed_token = None  # nothing left to print
+        session.add(token)
+        record(session, actor, "enrollment_token.revoke", "enrollment_token", token.id, {})
+    return token
+
+
+def revoke_person_tokens(session: Session, person_id: str, actor: Actor) -> list[str]:
+    """For leavers: every open token tied to the person stops working."""
+    tokens = session.exec(
+        select(EnrollmentToken).where(EnrollmentToken.person_id == person_id, col(EnrollmentToken.revoked_at).is_(None))
+    ).all()
+    return [revoke_token(session, token.id, actor).id for token in tokens]
+
+
+def token_link(session: Session, token_id: str, base_url: str, sealer: Sealer) -> str:
+    """The enrolment link again, for its QR code; refused once the token can no longer enrol anything."""
+    token = get_token(session, token_id)
+    state = token_status(token, utcnow())
+    if state != "active" or token.sealed_token is None:
+        raise ProblemError(410, f"This enrolment token is {state.replace('_', ' ')}: make a new one.")
+    return enroll_url(base_url, sealer.open(token.sealed_token))
+
+
+# --- Enrolment -------------------------------------------------------------------------------------
+
+
+def _usable_token(session: Session, secret: str) -> EnrollmentToken:
+    statement = select(EnrollmentToken).where(EnrollmentToken.token_hash == _hash(secret)).with_for_update()
+    token = session.exec(statement.execution_options(populate_existing=True)).first()
+    if token is None:
+        raise ProblemError(401, "This enrolment token is not one the school issued. Check the QR code or link.")
+    state = token_status(token, utcnow())
+    if state == "revoked":
+        raise ProblemError(410, "This enrolment token has been revoked. Ask IT for a new one.")
+    if state == "expired":
+        raise ProblemError(
+            410, f"This enrolment token expired at {token.expires_at:%Y-%m-%d %H:%M} UTC. Ask IT for a new one."
+        )
+    if state == "used_up":
+        raise Conflict(f"This enrolment token has been used for all {token.max_uses} device(s) it allows.")
+    return token
+
+
+def _check_policy(session: Session, category: Category, request: EnrollRequest) -> None:
+    rule = access_policy.get_rule(session, category)
+    if not rule.allowed:
+        raise ProblemError(
+            403,
+            f"The school's access policy does not allow {category.value.replace('_', ' ')} devices in school, "
+            "so this device cannot be enrolled.",
+        )
+    if category in PERSONAL and not request.aup_accepted:
+        raise Invalid(
+            "A personal device can only be enrolled once its user accepts the acceptable use policy.",
+            [{"field": "aup_accepted", "message": "must be true for personal devices"}],
+        )
+
+
+def _existing_device(session: Session, request: EnrollRequest, category: Category) -> Device | None:
+    serial = request.device.serial
+    device = devices.find_by_serial(session, serial) if serial else None
+    if device is None:
+        return None
+    device = devices.lock_for_update(session, device.id)
+    if device.state == DeviceState.exiting.value:
+        raise Conflict("This device is being offboarded; finish its exit before enrolling it again.")
+    if device.state == DeviceState.registered.value and device.category != category.value:
+        raise Conflict(
+            f"This device is registered as {device.category} but the token is for {category.value}. "
+            "Use a token of the device's category."
+        )
+    return device
+
+
+def enroll(
+    session: Session, request: EnrollRequest, ca: CertificateAuthority, base_url: str, validity_days: int
+) -> EnrollResponse:
+    token = _usable_token(session, request.token)
+    category = Category(token.category)
+    _check_policy(session, category, request)
+    try:
+        ca.validate_csr(request.csr)
+    except CSRError as exc:
+        raise Invalid(
+            f"The certificate signing request was refused: {exc.detail}", [{"field": "csr", "message": exc.detail}]
+        ) from exc
+    device = _existing_device(session, request, category)
+    previous_state = device.state if device else None
+    revoked = devices.revoke_certificates(session, device.id, "re-enrolled") if device else []
+    device = _bind_device(session, device, request, token, category)
+    issued = ca.issue_device_certificate(request.csr, device.id, validity_days)
+    devices.add_certificate(
+        session, device.id, issued.pem, issued.serial_number, issued.fingerprint_sha256, issued.not_after
+    )
+    token.uses += 1
+    session.add(token)
+    if revoked:
+        bump_crl(session)
+    actor = Actor(kind="enrolment-token", id=token.id, name=token.id)
+    summary = {
+        "serial": device.serial,
+        "platform": device.platform,
+        "category": category.value,
+        "previous_state": previous_state,
+        "certificate_serial": format(issued.serial_number, "x"),
+        "revoked_certificates": revoked,
+        "aup_accepted": request.aup_accepted,
+    }
+    record(session, actor, "device.enroll", "device", device.id, summary)
+    return EnrollResponse(
+        device_id=device.id,
+        certificate=issued.pem,
+        ca_certificates=[ca.certificate_pem],
+        checkin_url=f"{base_url}/api/v1/devices/{device.id}/checkin",
+    )
+
+
+def _bind_device(
+    session: Session, device: Device | None, request: EnrollRequest, token: EnrollmentToken, category: Category
+) -> Device:
+    now = utcnow()
+    if device is None:
+        device = Device(
+            id=new_id(),
+            serial=request.device.serial or None,
+            platform=request.device.platform.value,
+            category=category.value,
+            state=DeviceState.enrolled.value,
+            created_at=now,
+            updated_at=now,
+        )
+    device.platform = request.device.platform.value
+    device.model = request.device.model or device.model
+    device.name = request.device.name or device.name
+    device.os_version = request.device.os_version or device.os_version
+    device.category = category.value
+    device.person_id = token.person_id or (device.person_id if category in SCHOOL_OWNED else None)
+    device.state = DeviceState.enrolled.value
+    device.enrolled_at = now
+    device.aup_accepted_at = now if request.aup_accepted else None
+    device.updated_at = now
+    session.add(device)
+    session.flush()
+    return device
+
+
+# --- Revocation and the CRL ------------------------------------------------------------------------
+
+
+def bump_crl(session: Session) -> int:
+    state = session.exec(select(PkiState).where(PkiState.id == PKI_STATE_ID).with_for_update()).one()
+    state.crl_number += 1
+    state.crl_updated_at = utcnow()
+    session.add(state)
+    return state.crl_number
+
+
+def revoke_device(session: Session, device_id: str, reason: str, actor: Actor) -> dict[str, object]:
+    """Shuts a device out at once: its certificates are revoked and listed by the next CRL."""
+    device = devices.lock_for_update(session, device_id)
+    serials = devices.revoke_certificates(session, device.id, reason)
+    crl_number = bump_crl(session) if serials else current_crl_number(session)
+    record(
+        session,
+        actor,
+        "device.revoke",
+        "device",
+        device.id,
+        {"reason": reason, "certificates": serials, "crl_number": crl_number},
+    )
+    return {"device_id": device.id, "revoked_certificates": serials, "crl_number": crl_number}
+
+
+def current_crl_number(session: Session) -> int:
+    return session.exec(select(PkiState.crl_number).where(PkiState.id == PKI_STATE_ID)).one()
+
+
+def crl_der(session: Session, ca: CertificateAuthority) -> bytes:
+    # Signed at the number stored with the revocations: a CRL never claims a number its contents don't match.
+    return ca.build_crl(devices.revoked_certificates(session), current_crl_number(session))

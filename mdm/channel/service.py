@@ -1,0 +1,112 @@
+"""Authenticating device requests and serving check-ins.
+
+Authentication is the device's signature with the key behind its latest certificate (who it is);
+authorisation is that certificate being live and the device not retired (whether it may talk to us).
+A bad signature is 401; a revoked or expired certificate or a retired device is 403.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from sqlalchemy import delete
+from sqlmodel import Session
+
+from mdm.channel.models import CheckinResponse, DeviceNonce
+from mdm.commands import service as commands
+from mdm.commands.models import DeviceCommandForDevice
+from mdm.database import insert_ignoring_duplicates
+from mdm.device_signature import SignatureError, check_nonce_format, check_timestamp, verify_request_signature
+from mdm.devices import service as devices
+from mdm.devices.models import Device, DeviceState
+from mdm.errors import ProblemError
+from mdm.inventory.models import Inventory
+from mdm.inventory.service import store_inventory
+
+MAX_SKEW_SECONDS = 300
+# Nonces are kept for twice the skew window: any request older than that is refused by its timestamp.
+NONCE_RETENTION = timedelta(seconds=2 * MAX_SKEW_SECONDS)
+SIGNED_HEADERS = {"X-MDM-Timestamp": "timestamp", "X-MDM-Nonce": "nonce", "X-MDM-Signature": "signature"}
+REFUSED_STATES = {DeviceState.retired.value: "retired", DeviceState.in_stock.value: "wiped and back in stock"}
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    device_id: str
+    method: str
+    path: str
+    timestamp: int
+    nonce: str
+    signature: str
+    body: bytes
+
+
+def unauthenticated(detail: str) -> ProblemError:
+    return ProblemError(401, detail, headers={"WWW-Authenticate": 'MDM-Signature realm="devices"'})
+
+
+def parse_signed_request(
+    device_id: str, method: str, path: str, headers: dict[str, str], body: bytes, now: float
+) -> SignedRequest:
+    """Checks the headers alone (presence, clock skew, nonce shape) before any database work."""
+    missing = [name for name in SIGNED_HEADERS if not headers.get(name.lower())]
+    if missing:
+        raise unauthenticated(f"This is the device channel: sign the request ({', '.join(missing)} missing).")
+    try:
+        timestamp = check_timestamp(headers["x-mdm-timestamp"], now, MAX_SKEW_SECONDS)
+        nonce = check_nonce_format(headers["x-mdm-nonce"])
+    except SignatureError as exc:
+        raise unauthenticated(exc.detail) from exc
+    return SignedRequest(device_id, method, path, timestamp, nonce, headers["x-mdm-signature"], body)
+
+
+def authenticate(session: Session, request: SignedRequest, now: datetime) -> Device:
+    """The device, locked for the rest of the transaction, once its signature, certificate and nonce hold."""
+    device = session.get(Device, request.device_id)
+    certificate = devices.latest_certificate(session, request.device_id) if device else None
+    if device is None or certificate is None:
+        raise unauthenticated("Unknown device, or a signature that does not verify.")
+    public_key = x509.load_pem_x509_certificate(certificate.certificate_pem.encode()).public_key()
+    try:
+        verify_request_signature(
+            public_key, request.signature, request.method, request.path, request.timestamp, request.nonce, request.body
+        )
+    except SignatureError as exc:
+        raise unauthenticated(f"Unknown device, or a signature that does not verify: {exc.detail}") from exc
+    device = devices.lock_for_update(session, request.device_id)
+    if certificate.revoked_at is not None:
+        raise ProblemError(403, "This device's certificate has been revoked; enrol it again to manage it.")
+    if certificate.not_after <= now:
+        raise ProblemError(403, "This device's certificate has expired; enrol it again.")
+    if device.state in REFUSED_STATES:
+        raise ProblemError(403, f"This device is {REFUSED_STATES[device.state]}; it is no longer managed.")
+    _use_nonce(session, request, now)
+    return device
+
+
+def _use_nonce(session: Session, request: SignedRequest, now: datetime) -> None:
+    session.execute(
+        delete(DeviceNonce).where(
+            DeviceNonce.device_id == request.device_id,  # type: ignore[arg-type]
+            DeviceNonce.seen_at < now - NONCE_RETENTION,  # type: ignore[arg-type,operator]
+        )
+    )
+    fresh = insert_ignoring_duplicates(
+        session, DeviceNonce, {"device_id": request.device_id, "nonce": request.nonce, "seen_at": now}
+    )
+    if not fresh:
+        raise unauthenticated("This nonce was used before: the request is a replay.")
+
+
+def checkin(
+    session: Session, device: Device, inventory: Inventory, now: datetime, redelivery: timedelta, interval: int
+) -> tuple[CheckinResponse, bool]:
+    """Stores the inventory, notes the check-in and hands over the commands due; says if the inventory changed."""
+    changed = store_inventory(session, device.id, inventory, now)
+    devices.mark_checked_in(session, device, inventory.os_version, now)
+    due = commands.deliver_due(session, device.id, now, redelivery)
+    response = CheckinResponse(
+        commands=[DeviceCommandForDevice(id=c.id, type=c.type, payload=c.payload) for c in due],  # type: ignore[arg-type]
+        next_checkin_seconds=interval,
+    )
+    return response, changed

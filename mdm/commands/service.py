@@ -1,0 +1,222 @@
+"""The command queue, after NanoMDM's: a command is a row before it is ever delivered.
+
+Delivery is at least once: a command sent but not answered within the redelivery window goes out
+again at the next check-in. Answers are idempotent by command id. Check-ins of one device are
+serialised by the caller (a row lock on the device), so two never take the same command at once.
+"""
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, or_, update
+from sqlmodel import Session, col, select
+
+from mdm.actor import Actor
+from mdm.audit.service import record
+from mdm.commands.models import (
+    OPEN_STATUSES,
+    Command,
+    CommandResult,
+    CommandStatus,
+    CommandType,
+    TechnicianCommand,
+)
+from mdm.devices import service as devices
+from mdm.errors import Conflict, Invalid, NotFound
+from mdm.ids import new_id, utcnow
+
+MAX_COMMANDS_PER_CHECKIN = 50
+NOT_NOW_FIRST_RETRY = timedelta(minutes=1)
+NOT_NOW_LONGEST_WAIT = timedelta(hours=6)
+
+ResultListener = Callable[[Session, Command], None]
+_result_listeners: list[ResultListener] = []
+
+
+def on_result(listener: ResultListener) -> None:
+    """Lets a domain react to a device's answer in the same transaction (licences, exit steps)."""
+    if listener not in _result_listeners:
+        _result_listeners.append(listener)
+
+
+def queue_command(
+    session: Session,
+    device_id: str,
+    command_type: CommandType,
+    payload: dict[str, Any],
+    created_by: str,
+    *,
+    target: str | None = None,
+    expires_at: datetime | None = None,
+) -> Command:
+    command = Command(
+        id=new_id(),
+        device_id=device_id,
+        type=command_type.value,
+        payload=payload,
+        target=target,
+        status=CommandStatus.queued.value,
+        created_at=utcnow(),
+        created_by=created_by,
+        expires_at=expires_at,
+    )
+    session.add(command)
+    session.flush()
+    return command
+
+
+def open_commands(session: Session, device_id: str, command_type: CommandType | None = None) -> list[Command]:
+    statement = select(Command).where(Command.device_id == device_id, col(Command.status).in_(OPEN_STATUSES))
+    if command_type is not None:
+        statement = statement.where(Command.type == command_type.value)
+    return list(session.exec(statement.order_by(Command.id)))
+
+
+def deliver_due(session: Session, device_id: str, now: datetime, redelivery_after: timedelta) -> list[Command]:
+    """Marks due commands sent and returns them, oldest first."""
+    _expire(session, device_id, now)
+    due = list(session.exec(_due_statement(device_id, now, redelivery_after)))
+    if due:
+        session.execute(
+            update(Command)
+            .where(col(Command.id).in_([c.id for c in due]))
+            .values(status=CommandStatus.sent.value, sent_at=now, deliveries=Command.deliveries + 1)
+            .execution_options(synchronize_session=False)
+        )
+        for command in due:
+            session.refresh(command)
+    return due
+
+
+def _due_statement(device_id: str, now: datetime, redelivery_after: timedelta) -> Select[Any]:
+    waiting = and_(
+        col(Command.status).in_([CommandStatus.queued.value, CommandStatus.not_now.value]),
+        or_(col(Command.not_before).is_(None), col(Command.not_before) <= now),
+    )
+    unanswered = and_(Command.status == CommandStatus.sent.value, col(Command.sent_at) <= now - redelivery_after)
+    return (
+        select(Command)
+        .where(Command.device_id == device_id, or_(waiting, unanswered))
+        .order_by(Command.id)
+        .limit(MAX_COMMANDS_PER_CHECKIN)
+    )
+
+
+def _expire(session: Session, device_id: str, now: datetime) -> None:
+    session.execute(
+        update(Command)
+        .where(
+            Command.device_id == device_id,
+            col(Command.status).in_(OPEN_STATUSES),
+            col(Command.expires_at).is_not(None),
+            col(Command.expires_at) <= now,
+        )
+        .values(status=CommandStatus.expired.value, answered_at=now, result_detail="expired before the device ran it")
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _device_command(session: Session, device_id: str, command_id: str) -> Command:
+    command = session.exec(select(Command).where(Command.id == command_id).with_for_update()).first()
+    # Another device's command is reported as unknown: a device may not learn what others are sent.
+    if command is None or command.device_id != device_id:
+        raise NotFound("command for this device", command_id)
+    return command
+
+
+def record_result(session: Session, device_id: str, command_id: str, result: CommandResult, now: datetime) -> Command:
+    """Stores a device's answer; the same answer twice, or any answer to a finished command, changes nothing."""
+    command = _device_command(session, device_id, command_id)
+    if command.status not in (CommandStatus.sent.value, CommandStatus.not_now.value):
+        if command.status == CommandStatus.queued.value:
+            raise Conflict("This command has not been delivered to the device yet.")
+        return command
+    if result.status == "not_now":
+        command.not_now_count += 1
+        command.status = CommandStatus.not_now.value
+        command.not_before = now + not_now_backoff(command.not_now_count)
+    else:
+        command.status = result.status
+        command.answered_at = now
+    command.result_detail = result.detail
+    session.add(command)
+    session.flush()
+    for listener in _result_listeners:
+        listener(session, command)
+    return command
+
+
+def not_now_backoff(times: int) -> timedelta:
+    """1, 2, 4, 8 ... minutes, up to six hours: a busy device is asked again, never hammered."""
+    return min(NOT_NOW_FIRST_RETRY * (2 ** max(times - 1, 0)), NOT_NOW_LONGEST_WAIT)
+
+
+def cancel_command(session: Session, device_id: str, command_id: str, reason: str) -> Command:
+    command = _device_command(session, device_id, command_id)
+    if command.status not in OPEN_STATUSES:
+        raise Conflict(f"This command is already {command.status}; only waiting commands can be cancelled.")
+    command.status = CommandStatus.cancelled.value
+    command.answered_at = utcnow()
+    command.result_detail = reason
+    session.add(command)
+    session.flush()
+    return command
+
+
+def cancel_open(session: Session, device_id: str, command_type: CommandType, reason: str) -> list[str]:
+    ids = [c.id for c in open_commands(session, device_id, command_type)]
+    for command_id in ids:
+        cancel_command(session, device_id, command_id, reason)
+    return ids
+
+
+def history_query(device_id: str) -> Select[Any]:
+    return select(Command).where(Command.device_id == device_id)
+
+
+# --- Staff actions ---------------------------------------------------------------------------------
+
+CHANNEL_STATES = ("enrolled", "exiting")
+
+
+def send_technician_command(session: Session, device_id: str, data: TechnicianCommand, actor: Actor) -> Command:
+    device = devices.lock_for_update(session, device_id)
+    if device.state not in CHANNEL_STATES:
+        raise Conflict(f"This device is {device.state}: only enrolled devices receive commands.")
+    if data.type == CommandType.EraseDevice.value:
+        _check_erase_allowed(device.held, device.held_reason, data.confirm)
+    payload = {"message": data.message} if data.type == CommandType.DeviceLock.value and data.message else {}
+    expires_at = utcnow() + timedelta(hours=data.expires_in_hours) if data.expires_in_hours else None
+    command = queue_command(
+        session, device.id, CommandType(data.type), payload, actor.label, target="device", expires_at=expires_at
+    )
+    record(session, actor, f"command.{data.type}", "device", device.id, {"command_id": command.id, **payload})
+    return command
+
+
+def _check_erase_allowed(held: bool, held_reason: str | None, confirmed: bool) -> None:
+    if held:
+        raise Conflict(
+            f"This device is held ({held_reason}); it must not be erased while evidence may be on it. "
+            "Release the hold first."
+        )
+    if not confirmed:
+        raise Invalid(
+            'Erasing wipes everything on the device. Send "confirm": true to go ahead.',
+            [{"field": "confirm", "message": "must be true to erase"}],
+        )
+
+
+def cancel_by_staff(session: Session, device_id: str, command_id: str, actor: Actor) -> Command:
+    command = cancel_command(session, device_id, command_id, f"cancelled by {actor.label}")
+    record(session, actor, "command.cancel", "device", device_id, {"command_id": command_id, "type": command.type})
+    return command
+
+
+def cancel_erase_on_hold(session: Session, device_id: str, actor: Actor) -> list[str]:
+    """A device put on hold must never be wiped: any erase still waiting is cancelled."""
+    cancelled = cancel_open(session, device_id, CommandType.EraseDevice, "cancelled: the device is held")
+    if cancelled:
+        record(session, actor, "command.cancel", "device", device_id, {"command_ids": cancelled, "why": "held"})
+    return cancelled
