@@ -127,5 +127,7 @@ def insert_ignoring_duplicates(session: Session, model: Any, values: dict[str, A
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    result = session.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    key = next(iter(table.primary_key.columns))
+    statement = dialect_insert(table).values(**values).on_conflict_do_nothing().returning(key)
+    # RETURNING, not rowcount: SQLAlchemy reports no rowcount for INSERT unless asked, on either driver.
+    return session.execute(statement).first() is not None
