@@ -28,12 +28,14 @@ token_app = typer.Typer(help="API tokens for people and integrations.", no_args_
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 people_app = typer.Typer(help="People from the school's MIS.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+ca_app = typer.Typer(help="The school's certificate authority (device identities and the CRL).", no_args_is_help=True)
 for sub, name in (
     (db_app, "db"),
     (token_app, "token"),
     (audit_app, "audit"),
     (people_app, "people"),
     (devices_app, "devices"),
+    (ca_app, "ca"),
 ):
     app.add_typer(sub, name=name)
 
@@ -282,6 +284,38 @@ def devices_import(
     from mdm.devices.service import import_devices_csv
 
     _import_file(file, import_devices_csv)
+
+
+# --- the certificate authority ---------------------------------------------------------------------
+
+
+@ca_app.command("show")
+def ca_show(
+    pem: Annotated[
+        bool, typer.Option("--pem", help="Print the CA certificate (PEM) alone, for RADIUS servers.")
+    ] = False,
+) -> None:
+    """Show the CA (creating it on first use): subject, fingerprint, validity, files and the CRL number."""
+    from cryptography.hazmat.primitives import hashes
+
+    from enrollment.ca import load_or_create_ca
+    from enrollment.service import current_crl_number
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
+    if pem:
+        typer.echo(ca.certificate_pem, nl=False)
+        return
+    certificate = ca.certificate
+    typer.echo(f"subject:      {certificate.subject.rfc4514_string()}")
+    typer.echo(f"sha256:       {certificate.fingerprint(hashes.SHA256()).hex(':')}")
+    typer.echo(
+        f"valid:        {certificate.not_valid_before_utc:%Y-%m-%d} to {certificate.not_valid_after_utc:%Y-%m-%d}"
+    )
+    typer.echo(f"files:        {(settings.data_dir / 'ca').resolve()}")
+    with _database(settings) as database, database.reading() as session:
+        typer.echo(f"CRL number:   {current_crl_number(session)}  (served at /api/v1/pki/crl)")
 
 
 def main() -> None:
