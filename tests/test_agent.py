@@ -99,6 +99,8 @@ class FakeServer:
     # Scripted misbehaviour: refuse the device channel (e.g. a retired device), or certify the wrong key.
     channel_refusal: tuple[int, str] | None = None
     certify_another_key: bool = False
+    # Where the server thinks it lives; without MDM_PUBLIC_URL the real one names its bind address.
+    public_url: str = BASE_URL
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -154,7 +156,7 @@ class FakeServer:
             "device_id": device_id,
             "certificate": issued.pem,
             "ca_certificates": [self.ca.certificate_pem],
-            "checkin_url": f"{BASE_URL}/api/v1/devices/{device_id}/checkin",
+            "checkin_url": f"{self.public_url}/api/v1/devices/{device_id}/checkin",
         }
         return httpx.Response(201, json=answer)
 
@@ -353,6 +355,21 @@ def test_a_refused_enrolment_surfaces_the_problem_detail_and_stores_no_identity(
     reloaded = AgentState.load(state_dir)
     assert reloaded.device_id is None
     assert not reloaded.enrolled
+
+
+def test_checkins_go_to_the_url_the_device_reached_not_the_servers_bind_address(
+    state_dir: Path, http: httpx.Client, server: FakeServer
+) -> None:
+    server.public_url = "http://0.0.0.0:8000"
+    sent: list[str] = []
+    recording = httpx.Client(
+        transport=httpx.MockTransport(lambda request: sent.append(str(request.url)) or server.handler(request))
+    )
+    agent = agent_for(AgentState(state_dir), recording, server)
+    device_id = agent.enroll("learner-token", DEVICE, aup_accepted=True)
+    assert agent.state.checkin_url == f"http://0.0.0.0:8000/api/v1/devices/{device_id}/checkin"
+    agent.checkin()
+    assert sent[-1] == f"{BASE_URL}/api/v1/devices/{device_id}/checkin"
 
 
 def test_a_key_kept_from_a_refused_enrolment_is_reused_on_the_next_attempt(

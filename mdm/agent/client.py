@@ -166,8 +166,9 @@ class AgentClient:
 
     def checkin(self) -> list[dict[str, Any]]:
         """Report the inventory; return the commands the server wants applied."""
-        device_id = self._device_id()
-        path = self.state.checkin_url or f"{API_PREFIX}/devices/{quote(device_id, safe='')}/checkin"
+        # The contract's path under the base URL this device reached, not checkin_url as given: a server
+        # without MDM_PUBLIC_URL names its bind address there (http://0.0.0.0:8000), unreachable behind a proxy.
+        path = f"{API_PREFIX}/devices/{quote(self._device_id(), safe='')}/checkin"
         response = self.signed_request("POST", path, {"inventory": self.state.inventory.to_json()})
         answer = _json_object(response)
         commands = _commands(answer, response.status_code)
