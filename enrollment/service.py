@@ -20,6 +20,7 @@ from mdm.access_policy import service as access_policy
 from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.categories import PERSONAL, SCHOOL_OWNED, Category
+from mdm.commands.models import Command, CommandType
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceState
 from mdm.errors import Conflict, Invalid, NotFound, ProblemError
@@ -284,3 +285,28 @@ def current_crl_number(session: Session) -> int:
 def crl_der(session: Session, ca: CertificateAuthority) -> bytes:
     # Signed at the number stored with the revocations: a CRL never claims a number its contents don't match.
     return ca.build_crl(devices.revoked_certificates(session), current_crl_number(session))
+
+
+# --- When a device lets go ------------------------------------------------------------------------
+
+UNENROLLING = {CommandType.EraseDevice.value: "erased", CommandType.RemoveMDM.value: "MDM removed"}
+
+
+def on_command_result(session: Session, command: Command) -> None:
+    """A device that acknowledged an erase or the removal of MDM holds no identity any more.
+
+    Its certificate is revoked (the CRL lists it, the channel refuses it) and it leaves management:
+    a wiped school device goes back to stock, unassigned; any other ends retired.
+    """
+    if command.status != "acknowledged" or command.type not in UNENROLLING:
+        return
+    device = devices.lock_for_update(session, command.device_id)
+    reason = UNENROLLING[command.type]
+    serials = devices.revoke_certificates(session, device.id, reason)
+    crl_number = bump_crl(session) if serials else current_crl_number(session)
+    back_to_stock = command.type == CommandType.EraseDevice.value and Category(device.category) in SCHOOL_OWNED
+    state = DeviceState.in_stock if back_to_stock else DeviceState.retired
+    devices.set_state(session, device, state, unassign=back_to_stock)
+    actor = Actor(kind="device", id=device.id, name=device.id)
+    summary = {"command_id": command.id, "state": state.value, "certificates": serials, "crl_number": crl_number}
+    record(session, actor, f"device.{reason.replace(' ', '_').lower()}", "device", device.id, summary)

@@ -6,12 +6,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
 from enrollment.ca import load_or_create_ca
 from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
 from mdm.auth.api import router as tokens_router
 from mdm.channel.api import router as channel_router
+from mdm.commands import service as commands_service
 from mdm.commands.api import router as commands_router
 from mdm.database import Database, open_database
 from mdm.devices.api import router as devices_router
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
     app.state.sealer = Sealer.load_or_create(settings.data_dir)
+    commands_service.on_result(enrollment_service.on_command_result)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

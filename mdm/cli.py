@@ -28,6 +28,10 @@ token_app = typer.Typer(help="API tokens for people and integrations.", no_args_
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 people_app = typer.Typer(help="People from the school's MIS.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+agent_app = typer.Typer(
+    help="The reference device agent: play a device against a server (for testing and demonstrations).",
+    no_args_is_help=True,
+)
 ca_app = typer.Typer(help="The school's certificate authority (device identities and the CRL).", no_args_is_help=True)
 for sub, name in (
     (db_app, "db"),
@@ -36,6 +40,7 @@ for sub, name in (
     (people_app, "people"),
     (devices_app, "devices"),
     (ca_app, "ca"),
+    (agent_app, "agent"),
 ):
     app.add_typer(sub, name=name)
 
@@ -316,6 +321,74 @@ def ca_show(
     typer.echo(f"files:        {(settings.data_dir / 'ca').resolve()}")
     with _database(settings) as database, database.reading() as session:
         typer.echo(f"CRL number:   {current_crl_number(session)}  (served at /api/v1/pki/crl)")
+
+
+# --- the reference agent ---------------------------------------------------------------------------
+
+StateDir = Annotated[Path, typer.Option("--state-dir", help="Where this device keeps its key, identity and inventory.")]
+
+
+@agent_app.command("enroll")
+def agent_enroll(
+    state_dir: StateDir,
+    token: Annotated[str, typer.Option(help="The enrolment token, or the whole enrolment link from its QR code.")],
+    server: Annotated[
+        str | None, typer.Option(help="The service's URL; taken from the link when one is given.")
+    ] = None,
+    platform: Annotated[str, typer.Option(help="ios, ipados, android, windows, macos or chromeos.")] = "ipados",
+    serial: Annotated[str | None, typer.Option(help="The device's serial number.")] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    os_version: Annotated[str | None, typer.Option()] = None,
+    accept_aup: Annotated[
+        bool, typer.Option("--accept-aup", help="The user accepts the acceptable use policy.")
+    ] = False,
+    rsa: Annotated[bool, typer.Option("--rsa", help="An RSA 2048 key instead of EC P-256.")] = False,
+) -> None:
+    """Enrol a device with an enrolment token, then print its device id."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from mdm.agent import AgentError, enroll_device
+
+    if token.startswith(("http://", "https://")):
+        link = urlsplit(token)
+        server = server or f"{link.scheme}://{link.netloc}"
+        token = parse_qs(link.query).get("token", [""])[0]
+    if not server:
+        _fail("give --server, or pass the whole enrolment link as --token.")
+    device = {"serial": serial, "platform": platform, "model": model, "os_version": os_version}
+    try:
+        device_id = enroll_device(
+            state_dir,
+            server,
+            token,
+            {k: v for k, v in device.items() if v},
+            aup_accepted=accept_aup,
+            key_type="rsa" if rsa else None,
+        )
+    except AgentError as exc:
+        _fail(f"enrolment refused ({exc.status}): {exc}")
+    typer.echo(device_id)
+
+
+@agent_app.command("run")
+def agent_run(
+    state_dir: StateDir,
+    rounds: Annotated[int, typer.Option(help="At most this many check-ins, stopping once nothing is left to do.")] = 5,
+) -> None:
+    """Check in, apply the commands received, report each result; repeat until the device has converged."""
+    from mdm.agent import AgentError, run_device
+
+    try:
+        results = run_device(state_dir, max_rounds=rounds)
+    except AgentError as exc:
+        _fail(f"check-in refused ({exc.status}): {exc}")
+    for number, result in enumerate(results, start=1):
+        for applied in result.applied:
+            typer.echo(
+                f"round {number}: {applied.type} -> {applied.outcome.status}"
+                + (f" ({applied.outcome.detail})" if applied.outcome.detail else "")
+            )
+    typer.echo(f"{sum(len(r.applied) for r in results)} command(s) applied in {len(results)} check-in(s).")
 
 
 def main() -> None:

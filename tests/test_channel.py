@@ -366,3 +366,23 @@ def test_bad_checkin_body_is_422_after_a_good_signature(client, auth):
     response = device.post(f"/api/v1/devices/{device.id}/checkin", {"inventory": {"apps": "lots"}})
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"].startswith("inventory")
+
+
+def test_old_nonces_are_purged_at_the_next_checkin(client, auth, database):
+    from sqlalchemy import text
+
+    device = Device(client, auth)
+    with database.write_engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO device_nonce (device_id, nonce, seen_at) VALUES (:id, :n, '2020-01-01 00:00:00')"),
+            {"id": device.id, "n": "an-old-nonce-0000"},
+        )
+    device.checkin()
+    with database.read_engine.connect() as connection:
+        nonces = (
+            connection.execute(text("SELECT nonce FROM device_nonce WHERE device_id = :id"), {"id": device.id})
+            .scalars()
+            .all()
+        )
+    assert "an-old-nonce-0000" not in nonces
+    assert len(nonces) == 1  # this check-in's own nonce

@@ -358,3 +358,11 @@ def mark_checked_in(session: Session, device: Device, os_version: str | None, no
         device.os_version = os_version
         device.updated_at = now
     session.add(device)
+
+
+def set_state(session: Session, device: Device, state: DeviceState, *, unassign: bool = False) -> None:
+    device.state = state.value
+    if unassign:
+        device.person_id = None
+    device.updated_at = utcnow()
+    session.add(device)

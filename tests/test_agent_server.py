@@ -1,0 +1,140 @@
+"""The reference agent against a real server process over real HTTP, on SQLite and PostgreSQL."""
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from mdm.actor import Role
+from mdm.agent import AgentError, AgentState, enroll_device, run_device
+from tests.live_server import running_server
+
+
+@pytest.fixture
+def server(settings):
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with running_server(settings.data_dir, settings.resolved_database_url) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def api(server, make_token):
+    headers = {"Authorization": f"Bearer {make_token(Role.admin)}"}
+    with httpx.Client(base_url=server, headers=headers, timeout=10) as client:
+        yield client
+
+
+def _token(api, category: str = "school_single_user", **fields) -> dict:
+    response = api.post("/api/v1/enrollment-tokens", json={"category": category, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_agent_enrols_checks_in_and_obeys_a_lock(server, api, tmp_path):
+    state_dir = tmp_path / "ipad"
+    device_id = enroll_device(
+        state_dir, server, _token(api)["token"], {"serial": "LIVE1", "platform": "ipados", "os_version": "17.5.1"}
+    )
+    assert (state_dir / "device.key.pem").stat().st_mode & 0o777 == 0o600
+    first = run_device(state_dir)
+    assert [r.applied for r in first] == [[]]
+    assert api.get(f"/api/v1/devices/{device_id}").json()["last_checkin_at"] is not None
+
+    lock = api.post(f"/api/v1/devices/{device_id}/commands", json={"type": "DeviceLock", "message": "See IT"}).json()
+    rounds = run_device(state_dir)
+    applied = [a for r in rounds for a in r.applied]
+    assert [(a.id, a.outcome.status) for a in applied] == [(lock["id"], "acknowledged")]
+    assert AgentState.load(state_dir).inventory.locked is True
+    history = api.get(f"/api/v1/devices/{device_id}/commands").json()["items"]
+    assert history[0]["status"] == "acknowledged"
+
+
+def test_a_busy_device_answers_not_now_and_gets_the_command_later(server, api, tmp_path):
+    state_dir = tmp_path / "ipad"
+    device_id = enroll_device(state_dir, server, _token(api)["token"], {"serial": "LIVE2", "platform": "ipados"})
+    state = AgentState.load(state_dir)
+    state.inventory.refuse_next.add("DeviceLock")
+    state.save()
+    api.post(f"/api/v1/devices/{device_id}/commands", json={"type": "DeviceLock"})
+    run_device(state_dir)
+    history = api.get(f"/api/v1/devices/{device_id}/commands").json()["items"]
+    assert history[0]["status"] == "not_now"
+    assert history[0]["not_before"] is not None
+
+
+def test_erased_school_device_is_back_in_stock_and_shut_out(server, api, tmp_path):
+    state_dir = tmp_path / "ipad"
+    device_id = enroll_device(state_dir, server, _token(api)["token"], {"serial": "LIVE3", "platform": "ipados"})
+    certificate = (state_dir / "device.cert.pem").read_text()
+    api.post(f"/api/v1/devices/{device_id}/commands", json={"type": "EraseDevice", "confirm": True})
+    run_device(state_dir)
+    device = api.get(f"/api/v1/devices/{device_id}").json()
+    assert device["state"] == "in_stock"
+    assert device["person_id"] is None
+    (tmp_path / "device.pem").write_text(certificate)
+    (tmp_path / "ca.pem").write_text(httpx.get(f"{server}/api/v1/pki/ca.pem").text)
+    (tmp_path / "crl.der").write_bytes(httpx.get(f"{server}/api/v1/pki/crl").content)
+    subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", tmp_path / "crl.der", "-out", tmp_path / "crl.pem"], check=True
+    )
+    verify = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            tmp_path / "crl.pem",
+            "-CAfile",
+            tmp_path / "ca.pem",
+            tmp_path / "device.pem",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "certificate revoked" in verify.stdout + verify.stderr
+    # The wiped device enrols again with the cart's token and gets a new identity.
+    again = enroll_device(state_dir, server, _token(api)["token"], {"serial": "LIVE3", "platform": "ipados"})
+    assert again == device_id
+    assert (state_dir / "device.cert.pem").read_text() != certificate
+    assert api.get(f"/api/v1/devices/{device_id}").json()["state"] == "enrolled"
+
+
+def test_refusals_reach_the_agent_as_problem_details(server, api, tmp_path):
+    token = _token(api, category="learner_owned")
+    with pytest.raises(AgentError) as refused:
+        enroll_device(tmp_path / "phone", server, token["token"], {"platform": "android"}, aup_accepted=False)
+    assert refused.value.status == 422
+    assert "acceptable use policy" in str(refused.value)
+
+
+def test_agent_cli_enrols_from_the_qr_link_and_runs(server, api, tmp_path):
+    link = _token(api, category="learner_owned")["enroll_url"]
+    state_dir = tmp_path / "phone"
+    mdm = [sys.executable, "-m", "mdm", "agent"]
+    enrolled = subprocess.run(
+        [*mdm, "enroll", "--state-dir", state_dir, "--token", link, "--platform", "android", "--accept-aup"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    device_id = enrolled.stdout.strip()
+    assert api.get(f"/api/v1/devices/{device_id}").json()["category"] == "learner_owned"
+    api.post(f"/api/v1/devices/{device_id}/commands", json={"type": "DeviceLock", "message": "Hi"})
+    ran = subprocess.run(
+        [*mdm, "run", "--state-dir", state_dir], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "DeviceLock -> acknowledged" in ran.stdout
+    used = subprocess.run(
+        [*mdm, "enroll", "--state-dir", tmp_path / "other", "--token", link, "--accept-aup"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert used.returncode == 1
+    assert "409" in used.stderr
