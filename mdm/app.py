@@ -6,12 +6,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
 from enrollment.ca import load_or_create_ca
 from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
 from mdm.auth.api import router as tokens_router
+from mdm.channel import jobs as channel_jobs
 from mdm.channel.api import router as channel_router
 from mdm.commands import service as commands_service
 from mdm.commands.api import router as commands_router
@@ -21,6 +23,7 @@ from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
 from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from mdm.people.api import router as people_router
+from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
 from mdm.settings import Settings, get_settings
 
@@ -39,14 +42,24 @@ ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
+def scheduled_jobs() -> list[JobSpec]:
+    return [*channel_jobs.JOBS, *enrollment_jobs.JOBS]
+
+
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
     owns_database = database is None
     database = database or open_database(settings.resolved_database_url)
 
+    scheduler = Scheduler(database, scheduled_jobs(), settings.timezone) if settings.scheduler == "on" else None
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if scheduler is not None:
+            scheduler.start()
         yield
+        if scheduler is not None:
+            scheduler.shutdown()
         if owns_database:
             database.dispose()
 
@@ -57,6 +70,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.scheduler = scheduler
     app.state.database = database
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)

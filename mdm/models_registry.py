@@ -14,6 +14,7 @@ MODEL_MODULES = (
     "mdm.commands.models",
     "mdm.inventory.models",
     "mdm.channel.models",
+    "mdm.scheduler_models",
     "enrollment.models",
 )
 
