@@ -16,9 +16,8 @@ from enrollment.models import (
 )
 from enrollment.qr import qr_png, qr_svg
 from mdm.actor import Role
-from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow
+from mdm.dependencies import READERS, AppSealer, AppSettings, ReadSession, WriteSession, allow
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
-from mdm.sealing import Sealer
 
 router = APIRouter(tags=["enrolment"])
 Staff = allow(Role.admin, Role.technician)
@@ -28,17 +27,12 @@ def get_ca(request: Request) -> CertificateAuthority:
     return request.app.state.ca
 
 
-def get_sealer(request: Request) -> Sealer:
-    return request.app.state.sealer
-
-
 CA = Annotated[CertificateAuthority, Depends(get_ca)]
-Sealed = Annotated[Sealer, Depends(get_sealer)]
 
 
 @router.post("/api/v1/enrollment-tokens", status_code=status.HTTP_201_CREATED, response_model=EnrollmentTokenCreated)
 def create_enrollment_token(
-    data: EnrollmentTokenCreate, session: WriteSession, actor: Staff, settings: AppSettings, sealer: Sealed
+    data: EnrollmentTokenCreate, session: WriteSession, actor: Staff, settings: AppSettings, sealer: AppSealer
 ) -> EnrollmentTokenCreated:
     """A token for one category (and optionally one person). `max_uses` > 1 enrols a whole cart of stock."""
     return service.create_token(session, data, actor, settings.base_url, sealer)
@@ -73,7 +67,7 @@ def revoke_enrollment_token(token_id: str, session: WriteSession, actor: Staff) 
 
 @router.get("/api/v1/enrollment-tokens/{token_id}/qr.svg", response_class=Response)
 def enrollment_qr_svg(
-    token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: Sealed
+    token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: AppSealer
 ) -> Response:
     """The QR code of the enrolment link, to show on screen."""
     link = service.token_link(session, token_id, settings.base_url, sealer)
@@ -82,7 +76,7 @@ def enrollment_qr_svg(
 
 @router.get("/api/v1/enrollment-tokens/{token_id}/qr.png", response_class=Response)
 def enrollment_qr_png(
-    token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: Sealed
+    token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: AppSealer
 ) -> Response:
     """The QR code of the enrolment link, to print."""
     link = service.token_link(session, token_id, settings.base_url, sealer)

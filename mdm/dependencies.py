@@ -10,6 +10,7 @@ from mdm.actor import Actor, Role
 from mdm.auth import service as auth_service
 from mdm.database import Database
 from mdm.errors import ProblemError
+from mdm.sealing import Sealer
 from mdm.settings import Settings
 
 
@@ -36,6 +37,13 @@ def read_session(database: Annotated[Database, Depends(get_database)]) -> Iterat
 WriteSession = Annotated[Session, Depends(write_session, scope="function")]
 ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_sealer(request: Request) -> Sealer:
+    return request.app.state.sealer
+
+
+AppSealer = Annotated[Sealer, Depends(get_sealer)]
 
 _UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="mdm"'}
 

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, StringConstraints
 from pydantic import Field as PydanticField
-from sqlalchemy import Column, Index
+from sqlalchemy import Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 from mdm.database import JsonType, UtcDateTime
@@ -49,6 +49,12 @@ class Command(SQLModel, table=True):
     # What the command acts on ("profile:<identifier>", "app:<identifier>"), so the reconciler never
     # queues a second command for the same thing while one is open.
     target: str | None = Field(default=None, max_length=300)
+    # What the command means for its target ("install@3", "remove"): an open command with the same
+    # intent makes a new one pointless, a different intent makes the old one stale.
+    intent: str | None = Field(default=None, max_length=100)
+    # The payload as the device must receive it when it carries a secret (a Wi-Fi password), sealed;
+    # `payload` then holds the redacted copy that staff see in the history.
+    sealed_payload: str | None = Field(default=None, sa_type=Text)
     status: str = Field(default=CommandStatus.queued.value, max_length=20)
     created_at: datetime = Field(sa_type=UtcDateTime)
     created_by: str = Field(max_length=250)

@@ -1,0 +1,78 @@
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+
+from mdm.actor import Role
+from mdm.dependencies import READERS, AppSealer, ReadSession, WriteSession, allow
+from mdm.devices import service as devices
+from profiles import reconciler, service
+from profiles.models import AppCreate, AppPublic, AppUpdate, DesiredState, ProfileCreate, ProfilePublic, ProfileUpdate
+
+router = APIRouter(tags=["profiles and apps"])
+Admin = allow(Role.admin)
+Readers = allow(*READERS)
+
+
+@router.post("/api/v1/profiles", status_code=status.HTTP_201_CREATED, response_model=ProfilePublic)
+def create_profile(data: ProfileCreate, session: WriteSession, actor: Admin, sealer: AppSealer) -> ProfilePublic:
+    """A profile for the devices in its scope; they receive it at their next check-in."""
+    return service.create_profile(session, data, actor, sealer)[0]
+
+
+@router.get("/api/v1/profiles", response_model=dict[str, list[ProfilePublic]])
+def list_profiles(session: ReadSession, _actor: Readers) -> dict[str, list[ProfilePublic]]:
+    return {"items": service.list_profiles(session)}
+
+
+@router.get("/api/v1/profiles/{profile_id}", response_model=ProfilePublic)
+def get_profile(profile_id: str, session: ReadSession, _actor: Readers) -> ProfilePublic:
+    return service.get_profile(session, profile_id)
+
+
+@router.put("/api/v1/profiles/{profile_id}", response_model=ProfilePublic)
+def update_profile(profile_id: str, data: ProfileUpdate, session: WriteSession, actor: Admin, sealer: AppSealer) -> ProfilePublic:
+    """Bumps the version; devices in scope get the new version, devices leaving the scope lose it."""
+    return service.update_profile(session, profile_id, data, actor, sealer)[0]
+
+
+@router.delete("/api/v1/profiles/{profile_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_profile(profile_id: str, session: WriteSession, actor: Admin, sealer: AppSealer) -> Response:
+    """Removes the profile from every device that has it."""
+    service.delete_profile(session, profile_id, actor, sealer)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/api/v1/apps", status_code=status.HTTP_201_CREATED, response_model=AppPublic)
+def create_app(data: AppCreate, session: WriteSession, actor: Admin, sealer: AppSealer) -> AppPublic:
+    """A school app: `licence` "school" draws from a pool of `licences_total`, "free" has none."""
+    return service.create_app(session, data, actor, sealer)[0]
+
+
+@router.get("/api/v1/apps", response_model=dict[str, list[AppPublic]])
+def list_apps(session: ReadSession, _actor: Readers) -> dict[str, list[AppPublic]]:
+    return {"items": service.list_apps(session)}
+
+
+@router.get("/api/v1/apps/{app_id}", response_model=AppPublic)
+def get_app(app_id: str, session: ReadSession, _actor: Readers) -> AppPublic:
+    """With `licences_assigned` and `licences_short` (devices that need it but found the pool empty)."""
+    return service.get_app(session, app_id)
+
+
+@router.put("/api/v1/apps/{app_id}", response_model=AppPublic)
+def update_app(app_id: str, data: AppUpdate, session: WriteSession, actor: Admin, sealer: AppSealer) -> AppPublic:
+    return service.update_app(session, app_id, data, actor, sealer)[0]
+
+
+@router.delete("/api/v1/apps/{app_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_app(app_id: str, session: WriteSession, actor: Admin, sealer: AppSealer) -> Response:
+    """Takes the app out of the catalogue and off every device the school installed it on."""
+    service.delete_app(session, app_id, actor, sealer)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/api/v1/devices/{device_id}/desired-state", response_model=DesiredState)
+def desired_state(device_id: str, session: ReadSession, _actor: Readers) -> dict[str, Any]:
+    """What the reconciler wants on this device, and which scope or rule brought each item."""
+    devices.require_device(session, device_id)
+    return reconciler.explain(session, device_id)

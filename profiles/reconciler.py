@@ -1,0 +1,316 @@
+"""The one reconciler: desired state against reported state, for any set of devices, in batches.
+
+Per batch of devices it runs a fixed handful of set-based queries (facts, groups, reported profiles and
+apps, school installs, open commands), decides per device in memory (profiles/planning.py), and writes
+the commands, cancellations and licence changes in bulk. No query is made per device.
+"""
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, case, delete, insert, or_, update
+from sqlmodel import Session, col, select
+
+from mdm.access_policy.models import AccessRule
+from mdm.commands.models import OPEN_STATUSES, Command, CommandStatus
+from mdm.csv_import import chunks
+from mdm.desired_state import DeviceSelector
+from mdm.devices.models import Device
+from mdm.ids import new_id, utcnow
+from mdm.inventory.models import DeviceApp, DeviceProfile
+from mdm.people.models import PersonGroup
+from mdm.sealing import Sealer
+from profiles.models import App, Profile, SchoolInstall, ScopeRule
+from profiles.planning import (
+    Action,
+    AppSpec,
+    DeviceFacts,
+    DevicePlan,
+    ProfileSpec,
+    Reported,
+    ReportedApp,
+    plan_device,
+)
+
+BATCH_SIZE = 1000
+RECONCILER = "reconciler"
+MANAGED_STATES = ("enrolled", "exiting")
+
+
+@dataclass
+class Catalogue:
+    """Everything the school manages, loaded once per reconcile run (small tables)."""
+
+    profiles: list[ProfileSpec]
+    profile_rows: dict[str, Profile]
+    school_profile_identifiers: set[str]
+    apps: list[AppSpec]
+    apps_by_id: dict[str, AppSpec]
+
+
+@dataclass
+class RunSummary:
+    devices: int = 0
+    queued: int = 0
+    cancelled: int = 0
+    licences_short: int = 0
+
+
+def reconcile(session: Session, selector: DeviceSelector, sealer: Sealer) -> RunSummary:
+    catalogue = load_catalogue(session)
+    summary = RunSummary()
+    for batch in _device_batches(session, selector):
+        facts = _facts(session, batch)
+        reported = _reported(session, batch)
+        plans = [
+            plan_device(facts[d], catalogue.profiles, catalogue.school_profile_identifiers, catalogue.apps,
+                        catalogue.apps_by_id, reported[d])
+            for d in batch if d in facts
+        ]
+        _apply(session, plans, reported, catalogue, sealer, summary)
+        summary.devices += len(batch)
+    return summary
+
+
+# --- Loading ---------------------------------------------------------------------------------------
+
+
+def load_catalogue(session: Session) -> Catalogue:
+    scopes: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for owner_id, kind, value in session.exec(select(ScopeRule.owner_id, ScopeRule.kind, ScopeRule.value)):
+        scopes[owner_id][kind].add(value)
+    every_profile = list(session.exec(select(Profile)))
+    live = [p for p in every_profile if p.deleted_at is None]
+    profiles = [
+        ProfileSpec(p.id, p.identifier, p.version, p.is_network, frozenset(scopes[p.id]["category"]),
+                    frozenset(scopes[p.id]["group"]), frozenset(scopes[p.id]["network"]))
+        for p in live
+    ]
+    app_rows = list(session.exec(select(App)))
+    apps = [
+        AppSpec(a.id, a.identifier, a.platform, a.licence == "school", a.min_version,
+                frozenset(scopes[a.id]["category"]), frozenset(scopes[a.id]["group"]))
+        for a in app_rows
+    ]
+    live_apps = [spec for spec, row in zip(apps, app_rows, strict=True) if row.deleted_at is None]
+    return Catalogue(
+        profiles=profiles,
+        profile_rows={p.id: p for p in live},
+        school_profile_identifiers={p.identifier for p in every_profile},
+        apps=live_apps,
+        apps_by_id={a.id: a for a in apps},
+    )
+
+
+def selected_devices(selector: DeviceSelector) -> Select[Any]:
+    statement = select(Device.id).where(col(Device.state).in_(MANAGED_STATES))
+    if not selector.everyone:
+        conditions = []
+        if selector.device_ids:
+            conditions.append(col(Device.id).in_(selector.device_ids))
+        if selector.categories:
+            conditions.append(col(Device.category).in_(selector.categories))
+        if selector.person_ids:
+            conditions.append(col(Device.person_id).in_(selector.person_ids))
+        statement = statement.where(or_(*conditions))
+    return statement.order_by(Device.id)
+
+
+def _device_batches(session: Session, selector: DeviceSelector) -> Iterator[list[str]]:
+    # The ids are read up front: the batches below write to tables this query does not read.
+    device_ids = list(session.exec(selected_devices(selector)))
+    yield from chunks(device_ids, BATCH_SIZE)
+
+
+def network_access_expression() -> Any:
+    return case((AccessRule.allowed, AccessRule.network_access), else_="none")
+
+
+def _facts(session: Session, batch: list[str]) -> dict[str, DeviceFacts]:
+    groups: dict[str, set[str]] = defaultdict(set)
+    statement = (
+        select(Device.id, PersonGroup.group_name)
+        .join(PersonGroup, PersonGroup.person_id == Device.person_id)  # type: ignore[arg-type]
+        .where(col(Device.id).in_(batch))
+    )
+    for device_id, group in session.exec(statement):
+        groups[device_id].add(group)
+    rows = session.exec(
+        select(Device.id, Device.state, Device.category, Device.platform, network_access_expression())
+        .join(AccessRule, AccessRule.category == Device.category)  # type: ignore[arg-type]
+        .where(col(Device.id).in_(batch))
+    )
+    return {
+        device_id: DeviceFacts(device_id, state, category, platform, access, frozenset(groups[device_id]))
+        for device_id, state, category, platform, access in rows
+    }
+
+
+def _reported(session: Session, batch: list[str]) -> dict[str, Reported]:
+    reported: dict[str, Reported] = {device_id: Reported() for device_id in batch}
+    in_batch = col(DeviceProfile.device_id).in_(batch)
+    for device_id, identifier, version in session.exec(
+        select(DeviceProfile.device_id, DeviceProfile.identifier, DeviceProfile.version).where(in_batch)
+    ):
+        reported[device_id].profiles[identifier] = version
+    for device_id, identifier, version, managed in session.exec(
+        select(DeviceApp.device_id, DeviceApp.identifier, DeviceApp.version, DeviceApp.managed).where(
+            col(DeviceApp.device_id).in_(batch)
+        )
+    ):
+        reported[device_id].apps[identifier] = ReportedApp(version, managed)
+    for device_id, app_id, status in session.exec(
+        select(SchoolInstall.device_id, SchoolInstall.app_id, SchoolInstall.status).where(
+            col(SchoolInstall.device_id).in_(batch)
+        )
+    ):
+        reported[device_id].school_installs[app_id] = status
+    for device_id, command_id, target, intent in session.exec(
+        select(Command.device_id, Command.id, Command.target, Command.intent)
+        .where(col(Command.device_id).in_(batch), col(Command.status).in_(OPEN_STATUSES),
+               col(Command.target).like("%:%"))
+        .order_by(Command.id)
+    ):
+        reported[device_id].open_commands[target] = (command_id, intent or "")  # type: ignore[index]
+    return reported
+
+
+# --- Writing ---------------------------------------------------------------------------------------
+
+
+def _apply(
+    session: Session,
+    plans: list[DevicePlan],
+    reported: dict[str, Reported],
+    catalogue: Catalogue,
+    sealer: Sealer,
+    summary: RunSummary,
+) -> None:
+    now = utcnow()
+    _cancel(session, [command_id for plan in plans for command_id in plan.cancel], now, summary)
+    for plan in plans:
+        for app_id in plan.release:
+            session.execute(delete(SchoolInstall).where(SchoolInstall.device_id == plan.device_id, SchoolInstall.app_id == app_id))  # type: ignore[arg-type]
+            reported[plan.device_id].school_installs.pop(app_id, None)
+    granted = _grant_licences(session, plans, summary)
+    commands, installs = [], []
+    for plan in plans:
+        for action in plan.queue:
+            app = action.app
+            if action.type == "InstallApplication" and app and app.licensed and (plan.device_id, app.id) not in granted:
+                continue  # no licence left in the pool: no install, and the app shows the shortage
+            command = _command_row(plan.device_id, action, catalogue, sealer, now)
+            commands.append(command)
+            if action.type == "InstallApplication" and app and app.id not in reported[plan.device_id].school_installs:
+                # The service's own record that the school put this app there, made before the command goes.
+                installs.append({"device_id": plan.device_id, "app_id": app.id, "status": "reserved",
+                                 "command_id": command["id"], "reserved_at": now})
+    for batch in chunks(commands):
+        session.execute(insert(Command), batch)
+    for batch in chunks(installs):
+        session.execute(insert(SchoolInstall), batch)
+    summary.queued += len(commands)
+
+
+def _cancel(session: Session, command_ids: list[str], now: Any, summary: RunSummary) -> None:
+    for batch in chunks(command_ids):
+        session.execute(
+            update(Command)
+            .where(col(Command.id).in_(batch), col(Command.status).in_(OPEN_STATUSES))
+            .values(status=CommandStatus.cancelled.value, answered_at=now, result_detail="superseded by the reconciler")
+        )
+    summary.cancelled += len(command_ids)
+
+
+def _grant_licences(session: Session, plans: list[DevicePlan], summary: RunSummary) -> set[tuple[str, str]]:
+    """Reserves pool licences for the installs that need one; a pool never goes below zero."""
+    wanted: dict[str, list[str]] = defaultdict(list)
+    for plan in plans:
+        for action in plan.queue:
+            if action.type == "InstallApplication" and action.app and action.app.licensed:
+                wanted[action.app.id].append(plan.device_id)
+    granted: set[tuple[str, str]] = set()
+    for app_id, device_ids in sorted(wanted.items()):
+        holders = set(session.exec(select(SchoolInstall.device_id).where(SchoolInstall.app_id == app_id)))
+        needing = [d for d in device_ids if d not in holders]
+        granted.update((d, app_id) for d in device_ids if d in holders)  # re-install: the licence is held
+        if not needing:
+            continue
+        # Locking the app row serialises reservations from concurrent reconciles on PostgreSQL.
+        app = session.exec(select(App).where(App.id == app_id).with_for_update()).one()
+        free = max(app.licences_total - len(holders), 0)
+        granted.update((d, app_id) for d in needing[:free])
+        summary.licences_short += max(len(needing) - free, 0)
+    return granted
+
+
+def _command_row(device_id: str, action: Action, catalogue: Catalogue, sealer: Sealer, now: Any) -> dict[str, Any]:
+    payload, sealed = _payload(action, catalogue, sealer)
+    return {
+        "id": new_id(), "device_id": device_id, "type": action.type, "payload": payload, "target": action.target,
+        "intent": action.intent, "sealed_payload": sealed, "status": CommandStatus.queued.value,
+        "created_at": now, "created_by": RECONCILER, "deliveries": 0, "not_now_count": 0,
+    }
+
+
+def _payload(action: Action, catalogue: Catalogue, sealer: Sealer) -> tuple[dict[str, Any], str | None]:
+    from profiles.service import device_profile_payload
+
+    if action.type == "InstallProfile" and action.profile is not None:
+        row = catalogue.profile_rows[action.profile.id]
+        full, redacted = device_profile_payload(row, sealer)
+        return redacted, sealer.seal(json.dumps(full)) if full != redacted else None
+    identifier = action.target.split(":", 1)[1]
+    if action.type == "InstallApplication" and action.app and action.app.min_version:
+        return {"identifier": identifier, "version": action.app.min_version}, None
+    return {"identifier": identifier}, None
+
+
+# --- Explaining it ---------------------------------------------------------------------------------
+
+
+def explain(session: Session, device_id: str) -> dict[str, Any]:
+    """What the reconciler wants for one device and why: the same facts and rules, shown to a technician."""
+    from profiles.planning import app_reasons, meets_minimum, profile_reasons
+
+    catalogue = load_catalogue(session)
+    facts = _facts(session, [device_id])[device_id]
+    reported = _reported(session, [device_id])[device_id]
+    plan = plan_device(facts, catalogue.profiles, catalogue.school_profile_identifiers, catalogue.apps,
+                       catalogue.apps_by_id, reported)
+    items = []
+    for profile in catalogue.profiles:
+        reasons = profile_reasons(facts, profile)
+        if reasons is None:
+            continue
+        version = reported.profiles.get(profile.identifier)
+        status = "installed" if version == profile.version else ("missing" if version is None else f"at version {version}")
+        items.append(_item("profile", profile.identifier, str(profile.version), reasons, status, reported))
+    for app in catalogue.apps:
+        reasons = app_reasons(facts, app)
+        if reasons is None:
+            continue
+        on_device = reported.apps.get(app.identifier)
+        if on_device is None:
+            status = "missing" if app.id in reported.school_installs or not app.licensed else "missing (waiting for a licence)"
+        elif not on_device.managed:
+            status = "installed by the family: not managed, left alone"
+        else:
+            status = "installed" if meets_minimum(on_device.version, app.min_version) else f"outdated ({on_device.version})"
+        items.append(_item("app", app.identifier, app.min_version, reasons, status, reported))
+    removals = [
+        _item("profile" if a.type == "RemoveProfile" else "app", a.target.split(":", 1)[1], None,
+              ["no longer in the device's desired state"], "to be removed", reported)
+        for a in plan.queue if a.type.startswith("Remove")
+    ]
+    return {"device_id": device_id, "state": facts.state, "network_access": facts.network_access,
+            "items": items, "removals": removals}
+
+
+def _item(kind: str, identifier: str, version: str | None, because: list[str], status: str, reported: Reported) -> dict[str, Any]:
+    pending = reported.open_commands.get(f"{kind}:{identifier}")
+    return {"kind": kind, "identifier": identifier, "version": version, "because": because, "reported": status,
+            "pending_command": pending[0] if pending else None}

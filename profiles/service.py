@@ -1,0 +1,333 @@
+"""Profiles and the app catalogue: what school devices must carry. Every change reconciles the devices."""
+
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import delete, exists, func, insert, not_
+from sqlmodel import Session, col, select
+
+from mdm.access_policy.models import AccessRule
+from mdm.actor import Actor
+from mdm.audit.service import record
+from mdm.commands.models import Command, CommandType
+from mdm.desired_state import DeviceSelector
+from mdm.devices.models import Device
+from mdm.errors import Conflict, NotFound
+from mdm.ids import new_id, utcnow
+from mdm.inventory.models import DeviceApp
+from mdm.people.models import PersonGroup
+from mdm.sealing import Sealer
+from profiles.models import (
+    App,
+    AppCreate,
+    AppPublic,
+    AppUpdate,
+    Profile,
+    ProfileCreate,
+    ProfilePublic,
+    ProfileUpdate,
+    SchoolInstall,
+    Scope,
+    ScopeRule,
+)
+from profiles.payloads import NETWORK_PAYLOAD_TYPES, Payload
+from profiles.planning import PLATFORM_FAMILY
+from profiles.reconciler import RunSummary, reconcile
+
+PAYLOADS = TypeAdapter(list[Payload])
+EVERYONE = DeviceSelector(everyone=True)
+
+
+# --- Payload storage: secrets sealed at rest, never returned -----------------------------------------
+
+
+def _stored_payloads(payloads: list[Any], sealer: Sealer) -> list[dict[str, Any]]:
+    stored = []
+    for payload in payloads:
+        document = payload.model_dump(mode="json", exclude={"password"})
+        password = getattr(payload, "password", None)
+        if password is not None:
+            document["password_sealed"] = sealer.seal(password.get_secret_value())
+        stored.append(document)
+    return stored
+
+
+def _revealed(stored: list[dict[str, Any]], sealer: Sealer) -> list[dict[str, Any]]:
+    revealed = []
+    for document in stored:
+        document = dict(document)
+        sealed = document.pop("password_sealed", None)
+        if sealed is not None:
+            document["password"] = sealer.open(sealed)
+        revealed.append(document)
+    return revealed
+
+
+def _redacted(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in document.items() if k != "password_sealed"} for document in stored]
+
+
+def typed_payloads(profile: Profile, sealer: Sealer) -> list[Any]:
+    """The profile's payloads as typed models, secrets included, for rendering to a device."""
+    return PAYLOADS.validate_python(_revealed(profile.payloads, sealer))
+
+
+def device_profile_payload(profile: Profile, sealer: Sealer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The InstallProfile payload a device gets, and the redacted copy staff see in the history."""
+    head = {"identifier": profile.identifier, "version": profile.version}
+    return {**head, "profile": _revealed(profile.payloads, sealer)}, {**head, "profile": _redacted(profile.payloads)}
+
+
+# --- Scopes ----------------------------------------------------------------------------------------
+
+
+def _write_scope(session: Session, owner_id: str, rules: dict[str, list[str]]) -> None:
+    session.execute(delete(ScopeRule).where(ScopeRule.owner_id == owner_id))  # type: ignore[arg-type]
+    rows = [{"owner_id": owner_id, "kind": kind, "value": value} for kind, values in rules.items() for value in set(values)]
+    if rows:
+        session.execute(insert(ScopeRule), rows)
+
+
+def _scope_of(session: Session, owner_id: str) -> dict[str, list[str]]:
+    scope: dict[str, list[str]] = {"category": [], "group": [], "network": []}
+    statement = select(ScopeRule.kind, ScopeRule.value).where(ScopeRule.owner_id == owner_id).order_by(ScopeRule.value)
+    for kind, value in session.exec(statement):
+        scope[kind].append(value)
+    return scope
+
+
+def _profile_scope_rules(scope: Scope) -> dict[str, list[str]]:
+    return {
+        "category": [c.value for c in scope.categories],
+        "group": list(scope.groups),
+        "network": list(scope.network_access),
+    }
+
+
+# --- Profiles --------------------------------------------------------------------------------------
+
+
+def _live_profile(session: Session, profile_id: str) -> Profile:
+    profile = session.get(Profile, profile_id)
+    if profile is None or profile.deleted_at is not None:
+        raise NotFound("profile", profile_id)
+    return profile
+
+
+def profile_public(session: Session, profile: Profile) -> ProfilePublic:
+    scope = _scope_of(session, profile.id)
+    return ProfilePublic(
+        id=profile.id, name=profile.name, identifier=profile.identifier, version=profile.version,
+        payloads=_redacted(profile.payloads),
+        scope=Scope(categories=scope["category"], groups=scope["group"], network_access=scope["network"]),  # type: ignore[arg-type]
+        created_at=profile.created_at, updated_at=profile.updated_at,
+    )
+
+
+def create_profile(session: Session, data: ProfileCreate, actor: Actor, sealer: Sealer) -> tuple[ProfilePublic, RunSummary]:
+    existing = session.exec(select(Profile).where(Profile.identifier == data.identifier)).first()
+    if existing is not None:
+        raise Conflict(f"A profile with identifier {data.identifier} exists already.", existing_id=existing.id)
+    now = utcnow()
+    profile = Profile(
+        id=new_id(), identifier=data.identifier, name=data.name, version=1,
+        payloads=_stored_payloads(data.payloads, sealer),
+        is_network=any(p.type in NETWORK_PAYLOAD_TYPES for p in data.payloads), created_at=now, updated_at=now,
+    )
+    session.add(profile)
+    session.flush()
+    _write_scope(session, profile.id, _profile_scope_rules(data.scope))
+    public = profile_public(session, profile)
+    record(session, actor, "profile.create", "profile", profile.id, public.model_dump(mode="json", include={"name", "identifier", "payloads", "scope"}))
+    return public, reconcile(session, EVERYONE, sealer)
+
+
+def update_profile(session: Session, profile_id: str, data: ProfileUpdate, actor: Actor, sealer: Sealer) -> tuple[ProfilePublic, RunSummary]:
+    profile = _live_profile(session, profile_id)
+    before = profile_public(session, profile)
+    if data.name is not None:
+        profile.name = data.name
+    if data.payloads is not None:
+        profile.payloads = _stored_payloads(data.payloads, sealer)
+        profile.is_network = any(p.type in NETWORK_PAYLOAD_TYPES for p in data.payloads)
+    if data.scope is not None:
+        if data.scope.network_access and not profile.is_network:
+            raise Conflict("scope.network_access applies only to profiles with wifi or proxy payloads")
+        _write_scope(session, profile.id, _profile_scope_rules(data.scope))
+    profile.version += 1
+    profile.updated_at = utcnow()
+    session.add(profile)
+    session.flush()
+    after = profile_public(session, profile)
+    changed = {k: {"from": getattr(before, k), "to": getattr(after, k)} for k in ("name", "payloads", "scope") if getattr(before, k) != getattr(after, k)}
+    record(session, actor, "profile.update", "profile", profile.id, {"version": profile.version, "changes": changed})
+    return after, reconcile(session, EVERYONE, sealer)
+
+
+def delete_profile(session: Session, profile_id: str, actor: Actor, sealer: Sealer) -> RunSummary:
+    profile = _live_profile(session, profile_id)
+    profile.deleted_at = utcnow()
+    session.add(profile)
+    record(session, actor, "profile.delete", "profile", profile.id, {"identifier": profile.identifier})
+    return reconcile(session, EVERYONE, sealer)
+
+
+def list_profiles(session: Session) -> list[ProfilePublic]:
+    rows = session.exec(select(Profile).where(col(Profile.deleted_at).is_(None)).order_by(Profile.identifier))
+    return [profile_public(session, p) for p in rows]
+
+
+def get_profile(session: Session, profile_id: str) -> ProfilePublic:
+    return profile_public(session, _live_profile(session, profile_id))
+
+
+def profile_for_device(session: Session, profile_id: str) -> Profile:
+    return _live_profile(session, profile_id)
+
+
+# --- Apps and licence pools ------------------------------------------------------------------------
+
+
+def _live_app(session: Session, app_id: str) -> App:
+    app = session.get(App, app_id)
+    if app is None or app.deleted_at is not None:
+        raise NotFound("app", app_id)
+    return app
+
+
+def _app_scope_rules(required_for: list[Any], groups: list[str]) -> dict[str, list[str]]:
+    return {"category": [c.value for c in required_for], "group": list(groups)}
+
+
+def licences_assigned(session: Session, app_id: str) -> int:
+    return session.exec(select(func.count()).select_from(SchoolInstall).where(SchoolInstall.app_id == app_id)).one()
+
+
+def licences_short(session: Session, app: App) -> int:
+    """Devices that need the app, have no licence and no copy of their own: the pool's shortfall."""
+    if app.licence != "school":
+        return 0
+    scope = _scope_of(session, app.id)
+    if not scope["category"] and not scope["group"]:
+        return 0
+    family = PLATFORM_FAMILY.get(app.platform, app.platform)
+    platforms = [p for p, f in PLATFORM_FAMILY.items() if f == family] or [app.platform]
+    statement = (
+        select(func.count()).select_from(Device)
+        .join(AccessRule, AccessRule.category == Device.category)  # type: ignore[arg-type]
+        .where(Device.state == "enrolled", col(Device.platform).in_(platforms))
+        .where(not_(exists().where(SchoolInstall.device_id == Device.id, SchoolInstall.app_id == app.id)))
+        .where(not_(exists().where(DeviceApp.device_id == Device.id, DeviceApp.identifier == app.identifier)))
+    )
+    if scope["category"]:
+        statement = statement.where(col(Device.category).in_(scope["category"]))
+    if scope["group"]:
+        statement = statement.where(exists().where(PersonGroup.person_id == Device.person_id, col(PersonGroup.group_name).in_(scope["group"])))
+    return session.exec(statement).one()
+
+
+def app_public(session: Session, app: App) -> AppPublic:
+    scope = _scope_of(session, app.id)
+    return AppPublic(
+        id=app.id, identifier=app.identifier, name=app.name, platform=app.platform, licence=app.licence,  # type: ignore[arg-type]
+        licences_total=app.licences_total if app.licence == "school" else None,
+        licences_assigned=licences_assigned(session, app.id), licences_short=licences_short(session, app),
+        min_version=app.min_version, required_for=scope["category"], required_groups=scope["group"],  # type: ignore[arg-type]
+        age_rating=app.age_rating, created_at=app.created_at, updated_at=app.updated_at,
+    )
+
+
+def create_app(session: Session, data: AppCreate, actor: Actor, sealer: Sealer) -> tuple[AppPublic, RunSummary]:
+    clash = session.exec(select(App).where(App.identifier == data.identifier, App.platform == data.platform.value, col(App.deleted_at).is_(None))).first()
+    if clash is not None:
+        raise Conflict(f"{data.identifier} is in the catalogue already for {data.platform.value}.", existing_id=clash.id)
+    now = utcnow()
+    app = App(
+        id=new_id(), identifier=data.identifier, name=data.name, platform=data.platform.value, licence=data.licence.value,
+        licences_total=data.licences_total or 0, min_version=data.min_version, age_rating=data.age_rating,
+        created_at=now, updated_at=now,
+    )
+    session.add(app)
+    session.flush()
+    _write_scope(session, app.id, _app_scope_rules(data.required_for, data.required_groups))
+    record(session, actor, "app.create", "app", app.id, data.model_dump(mode="json"))
+    summary = reconcile(session, EVERYONE, sealer)
+    return app_public(session, app), summary
+
+
+def update_app(session: Session, app_id: str, data: AppUpdate, actor: Actor, sealer: Sealer) -> tuple[AppPublic, RunSummary]:
+    app = _live_app(session, app_id)
+    changes = data.model_dump(mode="json", exclude_unset=True)
+    if "licences_total" in changes and app.licence == "school":
+        assigned = licences_assigned(session, app.id)
+        if (data.licences_total or 0) < assigned:
+            raise Conflict(f"{assigned} licences are in use; remove the app from devices before shrinking the pool below that.")
+        app.licences_total = data.licences_total or 0
+    for name in ("name", "min_version", "age_rating"):
+        if name in changes:
+            setattr(app, name, changes[name])
+    if "required_for" in changes or "required_groups" in changes:
+        scope = _scope_of(session, app.id)
+        categories = data.required_for if data.required_for is not None else scope["category"]
+        groups = data.required_groups if data.required_groups is not None else scope["group"]
+        _write_scope(session, app.id, {"category": [getattr(c, "value", c) for c in categories], "group": list(groups)})
+    app.updated_at = utcnow()
+    session.add(app)
+    record(session, actor, "app.update", "app", app.id, changes)
+    summary = reconcile(session, EVERYONE, sealer)
+    return app_public(session, app), summary
+
+
+def delete_app(session: Session, app_id: str, actor: Actor, sealer: Sealer) -> RunSummary:
+    """Takes the app out of the catalogue: the reconciler removes it from every device the school put it on."""
+    app = _live_app(session, app_id)
+    app.deleted_at = utcnow()
+    session.add(app)
+    record(session, actor, "app.delete", "app", app.id, {"identifier": app.identifier})
+    return reconcile(session, EVERYONE, sealer)
+
+
+def list_apps(session: Session) -> list[AppPublic]:
+    rows = session.exec(select(App).where(col(App.deleted_at).is_(None)).order_by(App.identifier))
+    return [app_public(session, a) for a in rows]
+
+
+def get_app(session: Session, app_id: str) -> AppPublic:
+    return app_public(session, _live_app(session, app_id))
+
+
+# --- Device answers --------------------------------------------------------------------------------
+
+
+def on_command_result(session: Session, command: Command) -> None:
+    """Licences follow the device's answers: confirmed on install, back to the pool on failure, removal or leaving."""
+    if command.type == CommandType.InstallApplication.value:
+        _settle_install(session, command)
+    elif command.type == CommandType.RemoveApplication.value and command.status == "acknowledged":
+        _release_by_identifier(session, command.device_id, command.payload.get("identifier"))
+    elif command.type in (CommandType.EraseDevice.value, CommandType.RemoveMDM.value) and command.status == "acknowledged":
+        session.execute(delete(SchoolInstall).where(SchoolInstall.device_id == command.device_id))  # type: ignore[arg-type]
+
+
+def _settle_install(session: Session, command: Command) -> None:
+    install = session.exec(select(SchoolInstall).where(SchoolInstall.command_id == command.id)).first()
+    if command.status == "acknowledged":
+        if install is None:
+            app = _app_by_identifier(session, command.payload.get("identifier"))
+            if app is None:
+                return
+            install = SchoolInstall(device_id=command.device_id, app_id=app.id, status="installed", command_id=command.id, reserved_at=utcnow())
+        install.status, install.installed_at = "installed", utcnow()
+        session.add(install)
+    elif command.status == "error" and install is not None and install.status == "reserved":
+        session.delete(install)
+
+
+def _app_by_identifier(session: Session, identifier: str | None) -> App | None:
+    return session.exec(select(App).where(App.identifier == identifier).order_by(col(App.deleted_at).is_not(None))).first()
+
+
+def _release_by_identifier(session: Session, device_id: str, identifier: str | None) -> None:
+    app_ids = select(App.id).where(App.identifier == identifier)
+    session.execute(delete(SchoolInstall).where(SchoolInstall.device_id == device_id, col(SchoolInstall.app_id).in_(app_ids)))  # type: ignore[arg-type]
+
