@@ -16,6 +16,7 @@ from enrollment.models import (
     EnrollResponse,
     PkiState,
 )
+from mdm import desired_state
 from mdm.access_policy import service as access_policy
 from mdm.actor import Actor
 from mdm.audit.service import record
@@ -214,6 +215,7 @@ def enroll(
         "aup_accepted": request.aup_accepted,
     }
     record(session, actor, "device.enroll", "device", device.id, summary)
+    desired_state.devices_changed(session, device_ids=[device.id])
     return EnrollResponse(
         device_id=device.id,
         certificate=issued.pem,

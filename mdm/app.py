@@ -10,6 +10,7 @@ from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
 from enrollment.ca import load_or_create_ca
+from mdm import desired_state
 from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
 from mdm.auth.api import router as tokens_router
@@ -26,6 +27,9 @@ from mdm.people.api import router as people_router
 from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
 from mdm.settings import Settings, get_settings
+from profiles import reconciler
+from profiles import service as profiles_service
+from profiles.api import router as profiles_router
 
 log = logging.getLogger("mdm.app")
 
@@ -39,7 +43,15 @@ ROUTERS: tuple[APIRouter, ...] = (
     commands_router,
     channel_router,
     enrollment_router,
+    profiles_router,
 )
+
+
+def wire_domains(sealer: Sealer) -> None:
+    """Connects the domains to the core's seams; the CLI calls it too, so its writes reconcile devices."""
+    commands_service.on_result(enrollment_service.on_command_result)
+    commands_service.on_result(profiles_service.on_command_result)
+    desired_state.register(lambda session, selector: reconciler.reconcile(session, selector, sealer))
 
 
 def scheduled_jobs() -> list[JobSpec]:
@@ -75,7 +87,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
     app.state.sealer = Sealer.load_or_create(settings.data_dir)
-    commands_service.on_result(enrollment_service.on_command_result)
+    wire_domains(app.state.sealer)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

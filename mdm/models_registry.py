@@ -16,6 +16,7 @@ MODEL_MODULES = (
     "mdm.channel.models",
     "mdm.scheduler_models",
     "enrollment.models",
+    "profiles.models",
 )
 
 

@@ -30,7 +30,9 @@ def get_profile(profile_id: str, session: ReadSession, _actor: Readers) -> Profi
 
 
 @router.put("/api/v1/profiles/{profile_id}", response_model=ProfilePublic)
-def update_profile(profile_id: str, data: ProfileUpdate, session: WriteSession, actor: Admin, sealer: AppSealer) -> ProfilePublic:
+def update_profile(
+    profile_id: str, data: ProfileUpdate, session: WriteSession, actor: Admin, sealer: AppSealer
+) -> ProfilePublic:
     """Bumps the version; devices in scope get the new version, devices leaving the scope lose it."""
     return service.update_profile(session, profile_id, data, actor, sealer)[0]
 

@@ -2,7 +2,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field as PydanticField, StringConstraints, model_validator
+from pydantic import BaseModel, StringConstraints, model_validator
+from pydantic import Field as PydanticField
 from sqlalchemy import Column, Index
 from sqlmodel import Field, SQLModel
 

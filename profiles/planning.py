@@ -185,12 +185,15 @@ def _plan_profiles(
             _want(plan, reported, Action("RemoveProfile", profile_target(identifier), "remove"))
     for target, (command_id, intent) in reported.open_commands.items():
         identifier = target.removeprefix("profile:")
-        if target.startswith("profile:") and intent.startswith("install") and identifier not in desired:
-            if identifier not in reported.profiles:  # never delivered and no longer wanted
-                plan.cancel.append(command_id)
+        # An install never applied, for a profile no longer wanted: call it off.
+        undelivered = identifier not in desired and identifier not in reported.profiles
+        if target.startswith("profile:") and intent.startswith("install") and undelivered:
+            plan.cancel.append(command_id)
 
 
-def _plan_apps(plan: DevicePlan, desired: dict[str, AppSpec], apps_by_id: dict[str, AppSpec], reported: Reported) -> None:
+def _plan_apps(
+    plan: DevicePlan, desired: dict[str, AppSpec], apps_by_id: dict[str, AppSpec], reported: Reported
+) -> None:
     for app in sorted(desired.values(), key=lambda a: a.identifier):
         on_device = reported.apps.get(app.identifier)
         if on_device is not None and not on_device.managed:

@@ -66,9 +66,16 @@ def reconcile(session: Session, selector: DeviceSelector, sealer: Sealer) -> Run
         facts = _facts(session, batch)
         reported = _reported(session, batch)
         plans = [
-            plan_device(facts[d], catalogue.profiles, catalogue.school_profile_identifiers, catalogue.apps,
-                        catalogue.apps_by_id, reported[d])
-            for d in batch if d in facts
+            plan_device(
+                facts[d],
+                catalogue.profiles,
+                catalogue.school_profile_identifiers,
+                catalogue.apps,
+                catalogue.apps_by_id,
+                reported[d],
+            )
+            for d in batch
+            if d in facts
         ]
         _apply(session, plans, reported, catalogue, sealer, summary)
         summary.devices += len(batch)
@@ -85,14 +92,28 @@ def load_catalogue(session: Session) -> Catalogue:
     every_profile = list(session.exec(select(Profile)))
     live = [p for p in every_profile if p.deleted_at is None]
     profiles = [
-        ProfileSpec(p.id, p.identifier, p.version, p.is_network, frozenset(scopes[p.id]["category"]),
-                    frozenset(scopes[p.id]["group"]), frozenset(scopes[p.id]["network"]))
+        ProfileSpec(
+            p.id,
+            p.identifier,
+            p.version,
+            p.is_network,
+            frozenset(scopes[p.id]["category"]),
+            frozenset(scopes[p.id]["group"]),
+            frozenset(scopes[p.id]["network"]),
+        )
         for p in live
     ]
     app_rows = list(session.exec(select(App)))
     apps = [
-        AppSpec(a.id, a.identifier, a.platform, a.licence == "school", a.min_version,
-                frozenset(scopes[a.id]["category"]), frozenset(scopes[a.id]["group"]))
+        AppSpec(
+            a.id,
+            a.identifier,
+            a.platform,
+            a.licence == "school",
+            a.min_version,
+            frozenset(scopes[a.id]["category"]),
+            frozenset(scopes[a.id]["group"]),
+        )
         for a in app_rows
     ]
     live_apps = [spec for spec, row in zip(apps, app_rows, strict=True) if row.deleted_at is None]
@@ -170,8 +191,9 @@ def _reported(session: Session, batch: list[str]) -> dict[str, Reported]:
         reported[device_id].school_installs[app_id] = status
     for device_id, command_id, target, intent in session.exec(
         select(Command.device_id, Command.id, Command.target, Command.intent)
-        .where(col(Command.device_id).in_(batch), col(Command.status).in_(OPEN_STATUSES),
-               col(Command.target).like("%:%"))
+        .where(
+            col(Command.device_id).in_(batch), col(Command.status).in_(OPEN_STATUSES), col(Command.target).like("%:%")
+        )
         .order_by(Command.id)
     ):
         reported[device_id].open_commands[target] = (command_id, intent or "")  # type: ignore[index]
@@ -193,7 +215,9 @@ def _apply(
     _cancel(session, [command_id for plan in plans for command_id in plan.cancel], now, summary)
     for plan in plans:
         for app_id in plan.release:
-            session.execute(delete(SchoolInstall).where(SchoolInstall.device_id == plan.device_id, SchoolInstall.app_id == app_id))  # type: ignore[arg-type]
+            session.execute(
+                delete(SchoolInstall).where(SchoolInstall.device_id == plan.device_id, SchoolInstall.app_id == app_id)
+            )  # type: ignore[arg-type]
             reported[plan.device_id].school_installs.pop(app_id, None)
     granted = _grant_licences(session, plans, summary)
     commands, installs = [], []
@@ -206,8 +230,15 @@ def _apply(
             commands.append(command)
             if action.type == "InstallApplication" and app and app.id not in reported[plan.device_id].school_installs:
                 # The service's own record that the school put this app there, made before the command goes.
-                installs.append({"device_id": plan.device_id, "app_id": app.id, "status": "reserved",
-                                 "command_id": command["id"], "reserved_at": now})
+                installs.append(
+                    {
+                        "device_id": plan.device_id,
+                        "app_id": app.id,
+                        "status": "reserved",
+                        "command_id": command["id"],
+                        "reserved_at": now,
+                    }
+                )
     for batch in chunks(commands):
         session.execute(insert(Command), batch)
     for batch in chunks(installs):
@@ -250,9 +281,18 @@ def _grant_licences(session: Session, plans: list[DevicePlan], summary: RunSumma
 def _command_row(device_id: str, action: Action, catalogue: Catalogue, sealer: Sealer, now: Any) -> dict[str, Any]:
     payload, sealed = _payload(action, catalogue, sealer)
     return {
-        "id": new_id(), "device_id": device_id, "type": action.type, "payload": payload, "target": action.target,
-        "intent": action.intent, "sealed_payload": sealed, "status": CommandStatus.queued.value,
-        "created_at": now, "created_by": RECONCILER, "deliveries": 0, "not_now_count": 0,
+        "id": new_id(),
+        "device_id": device_id,
+        "type": action.type,
+        "payload": payload,
+        "target": action.target,
+        "intent": action.intent,
+        "sealed_payload": sealed,
+        "status": CommandStatus.queued.value,
+        "created_at": now,
+        "created_by": RECONCILER,
+        "deliveries": 0,
+        "not_now_count": 0,
     }
 
 
@@ -279,15 +319,18 @@ def explain(session: Session, device_id: str) -> dict[str, Any]:
     catalogue = load_catalogue(session)
     facts = _facts(session, [device_id])[device_id]
     reported = _reported(session, [device_id])[device_id]
-    plan = plan_device(facts, catalogue.profiles, catalogue.school_profile_identifiers, catalogue.apps,
-                       catalogue.apps_by_id, reported)
+    plan = plan_device(
+        facts, catalogue.profiles, catalogue.school_profile_identifiers, catalogue.apps, catalogue.apps_by_id, reported
+    )
     items = []
     for profile in catalogue.profiles:
         reasons = profile_reasons(facts, profile)
         if reasons is None:
             continue
         version = reported.profiles.get(profile.identifier)
-        status = "installed" if version == profile.version else ("missing" if version is None else f"at version {version}")
+        status = (
+            "installed" if version == profile.version else ("missing" if version is None else f"at version {version}")
+        )
         items.append(_item("profile", profile.identifier, str(profile.version), reasons, status, reported))
     for app in catalogue.apps:
         reasons = app_reasons(facts, app)
@@ -295,22 +338,48 @@ def explain(session: Session, device_id: str) -> dict[str, Any]:
             continue
         on_device = reported.apps.get(app.identifier)
         if on_device is None:
-            status = "missing" if app.id in reported.school_installs or not app.licensed else "missing (waiting for a licence)"
+            status = (
+                "missing"
+                if app.id in reported.school_installs or not app.licensed
+                else "missing (waiting for a licence)"
+            )
         elif not on_device.managed:
             status = "installed by the family: not managed, left alone"
         else:
-            status = "installed" if meets_minimum(on_device.version, app.min_version) else f"outdated ({on_device.version})"
+            status = (
+                "installed" if meets_minimum(on_device.version, app.min_version) else f"outdated ({on_device.version})"
+            )
         items.append(_item("app", app.identifier, app.min_version, reasons, status, reported))
     removals = [
-        _item("profile" if a.type == "RemoveProfile" else "app", a.target.split(":", 1)[1], None,
-              ["no longer in the device's desired state"], "to be removed", reported)
-        for a in plan.queue if a.type.startswith("Remove")
+        _item(
+            "profile" if a.type == "RemoveProfile" else "app",
+            a.target.split(":", 1)[1],
+            None,
+            ["no longer in the device's desired state"],
+            "to be removed",
+            reported,
+        )
+        for a in plan.queue
+        if a.type.startswith("Remove")
     ]
-    return {"device_id": device_id, "state": facts.state, "network_access": facts.network_access,
-            "items": items, "removals": removals}
+    return {
+        "device_id": device_id,
+        "state": facts.state,
+        "network_access": facts.network_access,
+        "items": items,
+        "removals": removals,
+    }
 
 
-def _item(kind: str, identifier: str, version: str | None, because: list[str], status: str, reported: Reported) -> dict[str, Any]:
+def _item(
+    kind: str, identifier: str, version: str | None, because: list[str], status: str, reported: Reported
+) -> dict[str, Any]:
     pending = reported.open_commands.get(f"{kind}:{identifier}")
-    return {"kind": kind, "identifier": identifier, "version": version, "because": because, "reported": status,
-            "pending_command": pending[0] if pending else None}
+    return {
+        "kind": kind,
+        "identifier": identifier,
+        "version": version,
+        "because": because,
+        "reported": status,
+        "pending_command": pending[0] if pending else None,
+    }

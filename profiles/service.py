@@ -83,7 +83,9 @@ def device_profile_payload(profile: Profile, sealer: Sealer) -> tuple[dict[str, 
 
 def _write_scope(session: Session, owner_id: str, rules: dict[str, list[str]]) -> None:
     session.execute(delete(ScopeRule).where(ScopeRule.owner_id == owner_id))  # type: ignore[arg-type]
-    rows = [{"owner_id": owner_id, "kind": kind, "value": value} for kind, values in rules.items() for value in set(values)]
+    rows = [
+        {"owner_id": owner_id, "kind": kind, "value": value} for kind, values in rules.items() for value in set(values)
+    ]
     if rows:
         session.execute(insert(ScopeRule), rows)
 
@@ -117,32 +119,52 @@ def _live_profile(session: Session, profile_id: str) -> Profile:
 def profile_public(session: Session, profile: Profile) -> ProfilePublic:
     scope = _scope_of(session, profile.id)
     return ProfilePublic(
-        id=profile.id, name=profile.name, identifier=profile.identifier, version=profile.version,
+        id=profile.id,
+        name=profile.name,
+        identifier=profile.identifier,
+        version=profile.version,
         payloads=_redacted(profile.payloads),
         scope=Scope(categories=scope["category"], groups=scope["group"], network_access=scope["network"]),  # type: ignore[arg-type]
-        created_at=profile.created_at, updated_at=profile.updated_at,
+        created_at=profile.created_at,
+        updated_at=profile.updated_at,
     )
 
 
-def create_profile(session: Session, data: ProfileCreate, actor: Actor, sealer: Sealer) -> tuple[ProfilePublic, RunSummary]:
+def create_profile(
+    session: Session, data: ProfileCreate, actor: Actor, sealer: Sealer
+) -> tuple[ProfilePublic, RunSummary]:
     existing = session.exec(select(Profile).where(Profile.identifier == data.identifier)).first()
     if existing is not None:
         raise Conflict(f"A profile with identifier {data.identifier} exists already.", existing_id=existing.id)
     now = utcnow()
     profile = Profile(
-        id=new_id(), identifier=data.identifier, name=data.name, version=1,
+        id=new_id(),
+        identifier=data.identifier,
+        name=data.name,
+        version=1,
         payloads=_stored_payloads(data.payloads, sealer),
-        is_network=any(p.type in NETWORK_PAYLOAD_TYPES for p in data.payloads), created_at=now, updated_at=now,
+        is_network=any(p.type in NETWORK_PAYLOAD_TYPES for p in data.payloads),
+        created_at=now,
+        updated_at=now,
     )
     session.add(profile)
     session.flush()
     _write_scope(session, profile.id, _profile_scope_rules(data.scope))
     public = profile_public(session, profile)
-    record(session, actor, "profile.create", "profile", profile.id, public.model_dump(mode="json", include={"name", "identifier", "payloads", "scope"}))
+    record(
+        session,
+        actor,
+        "profile.create",
+        "profile",
+        profile.id,
+        public.model_dump(mode="json", include={"name", "identifier", "payloads", "scope"}),
+    )
     return public, reconcile(session, EVERYONE, sealer)
 
 
-def update_profile(session: Session, profile_id: str, data: ProfileUpdate, actor: Actor, sealer: Sealer) -> tuple[ProfilePublic, RunSummary]:
+def update_profile(
+    session: Session, profile_id: str, data: ProfileUpdate, actor: Actor, sealer: Sealer
+) -> tuple[ProfilePublic, RunSummary]:
     profile = _live_profile(session, profile_id)
     before = profile_public(session, profile)
     if data.name is not None:
@@ -159,7 +181,11 @@ def update_profile(session: Session, profile_id: str, data: ProfileUpdate, actor
     session.add(profile)
     session.flush()
     after = profile_public(session, profile)
-    changed = {k: {"from": getattr(before, k), "to": getattr(after, k)} for k in ("name", "payloads", "scope") if getattr(before, k) != getattr(after, k)}
+    changed = {
+        k: {"from": getattr(before, k), "to": getattr(after, k)}
+        for k in ("name", "payloads", "scope")
+        if getattr(before, k) != getattr(after, k)
+    }
     record(session, actor, "profile.update", "profile", profile.id, {"version": profile.version, "changes": changed})
     return after, reconcile(session, EVERYONE, sealer)
 
@@ -213,7 +239,8 @@ def licences_short(session: Session, app: App) -> int:
     family = PLATFORM_FAMILY.get(app.platform, app.platform)
     platforms = [p for p, f in PLATFORM_FAMILY.items() if f == family] or [app.platform]
     statement = (
-        select(func.count()).select_from(Device)
+        select(func.count())
+        .select_from(Device)
         .join(AccessRule, AccessRule.category == Device.category)  # type: ignore[arg-type]
         .where(Device.state == "enrolled", col(Device.platform).in_(platforms))
         .where(not_(exists().where(SchoolInstall.device_id == Device.id, SchoolInstall.app_id == app.id)))
@@ -222,30 +249,54 @@ def licences_short(session: Session, app: App) -> int:
     if scope["category"]:
         statement = statement.where(col(Device.category).in_(scope["category"]))
     if scope["group"]:
-        statement = statement.where(exists().where(PersonGroup.person_id == Device.person_id, col(PersonGroup.group_name).in_(scope["group"])))
+        statement = statement.where(
+            exists().where(PersonGroup.person_id == Device.person_id, col(PersonGroup.group_name).in_(scope["group"]))
+        )
     return session.exec(statement).one()
 
 
 def app_public(session: Session, app: App) -> AppPublic:
     scope = _scope_of(session, app.id)
     return AppPublic(
-        id=app.id, identifier=app.identifier, name=app.name, platform=app.platform, licence=app.licence,  # type: ignore[arg-type]
+        id=app.id,
+        identifier=app.identifier,
+        name=app.name,
+        platform=app.platform,
+        licence=app.licence,  # type: ignore[arg-type]
         licences_total=app.licences_total if app.licence == "school" else None,
-        licences_assigned=licences_assigned(session, app.id), licences_short=licences_short(session, app),
-        min_version=app.min_version, required_for=scope["category"], required_groups=scope["group"],  # type: ignore[arg-type]
-        age_rating=app.age_rating, created_at=app.created_at, updated_at=app.updated_at,
+        licences_assigned=licences_assigned(session, app.id),
+        licences_short=licences_short(session, app),
+        min_version=app.min_version,
+        required_for=scope["category"],
+        required_groups=scope["group"],  # type: ignore[arg-type]
+        age_rating=app.age_rating,
+        created_at=app.created_at,
+        updated_at=app.updated_at,
     )
 
 
 def create_app(session: Session, data: AppCreate, actor: Actor, sealer: Sealer) -> tuple[AppPublic, RunSummary]:
-    clash = session.exec(select(App).where(App.identifier == data.identifier, App.platform == data.platform.value, col(App.deleted_at).is_(None))).first()
+    clash = session.exec(
+        select(App).where(
+            App.identifier == data.identifier, App.platform == data.platform.value, col(App.deleted_at).is_(None)
+        )
+    ).first()
     if clash is not None:
-        raise Conflict(f"{data.identifier} is in the catalogue already for {data.platform.value}.", existing_id=clash.id)
+        raise Conflict(
+            f"{data.identifier} is in the catalogue already for {data.platform.value}.", existing_id=clash.id
+        )
     now = utcnow()
     app = App(
-        id=new_id(), identifier=data.identifier, name=data.name, platform=data.platform.value, licence=data.licence.value,
-        licences_total=data.licences_total or 0, min_version=data.min_version, age_rating=data.age_rating,
-        created_at=now, updated_at=now,
+        id=new_id(),
+        identifier=data.identifier,
+        name=data.name,
+        platform=data.platform.value,
+        licence=data.licence.value,
+        licences_total=data.licences_total or 0,
+        min_version=data.min_version,
+        age_rating=data.age_rating,
+        created_at=now,
+        updated_at=now,
     )
     session.add(app)
     session.flush()
@@ -255,13 +306,17 @@ def create_app(session: Session, data: AppCreate, actor: Actor, sealer: Sealer) 
     return app_public(session, app), summary
 
 
-def update_app(session: Session, app_id: str, data: AppUpdate, actor: Actor, sealer: Sealer) -> tuple[AppPublic, RunSummary]:
+def update_app(
+    session: Session, app_id: str, data: AppUpdate, actor: Actor, sealer: Sealer
+) -> tuple[AppPublic, RunSummary]:
     app = _live_app(session, app_id)
     changes = data.model_dump(mode="json", exclude_unset=True)
     if "licences_total" in changes and app.licence == "school":
         assigned = licences_assigned(session, app.id)
         if (data.licences_total or 0) < assigned:
-            raise Conflict(f"{assigned} licences are in use; remove the app from devices before shrinking the pool below that.")
+            raise Conflict(
+                f"{assigned} licences are in use; remove the app from devices before shrinking the pool below that."
+            )
         app.licences_total = data.licences_total or 0
     for name in ("name", "min_version", "age_rating"):
         if name in changes:
@@ -305,7 +360,10 @@ def on_command_result(session: Session, command: Command) -> None:
         _settle_install(session, command)
     elif command.type == CommandType.RemoveApplication.value and command.status == "acknowledged":
         _release_by_identifier(session, command.device_id, command.payload.get("identifier"))
-    elif command.type in (CommandType.EraseDevice.value, CommandType.RemoveMDM.value) and command.status == "acknowledged":
+    elif (
+        command.type in (CommandType.EraseDevice.value, CommandType.RemoveMDM.value)
+        and command.status == "acknowledged"
+    ):
         session.execute(delete(SchoolInstall).where(SchoolInstall.device_id == command.device_id))  # type: ignore[arg-type]
 
 
@@ -316,7 +374,13 @@ def _settle_install(session: Session, command: Command) -> None:
             app = _app_by_identifier(session, command.payload.get("identifier"))
             if app is None:
                 return
-            install = SchoolInstall(device_id=command.device_id, app_id=app.id, status="installed", command_id=command.id, reserved_at=utcnow())
+            install = SchoolInstall(
+                device_id=command.device_id,
+                app_id=app.id,
+                status="installed",
+                command_id=command.id,
+                reserved_at=utcnow(),
+            )
         install.status, install.installed_at = "installed", utcnow()
         session.add(install)
     elif command.status == "error" and install is not None and install.status == "reserved":
@@ -324,10 +388,13 @@ def _settle_install(session: Session, command: Command) -> None:
 
 
 def _app_by_identifier(session: Session, identifier: str | None) -> App | None:
-    return session.exec(select(App).where(App.identifier == identifier).order_by(col(App.deleted_at).is_not(None))).first()
+    return session.exec(
+        select(App).where(App.identifier == identifier).order_by(col(App.deleted_at).is_not(None))
+    ).first()
 
 
 def _release_by_identifier(session: Session, device_id: str, identifier: str | None) -> None:
     app_ids = select(App.id).where(App.identifier == identifier)
-    session.execute(delete(SchoolInstall).where(SchoolInstall.device_id == device_id, col(SchoolInstall.app_id).in_(app_ids)))  # type: ignore[arg-type]
-
+    session.execute(
+        delete(SchoolInstall).where(SchoolInstall.device_id == device_id, col(SchoolInstall.app_id).in_(app_ids))
+    )  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 from sqlmodel import Session, select
 
+from mdm import desired_state
 from mdm.access_policy.models import AccessRule, AccessRuleUpdate
 from mdm.actor import Actor
 from mdm.audit.service import record
@@ -31,4 +32,5 @@ def update_rule(session: Session, category: Category, data: AccessRuleUpdate, ac
     session.add(rule)
     changes = {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]}
     record(session, actor, "access_policy.update", "access_policy", category.value, changes)
+    desired_state.devices_changed(session, categories=[category.value])
     return rule

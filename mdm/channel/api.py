@@ -11,7 +11,7 @@ from mdm.channel.models import CheckinRequest, CheckinResponse
 from mdm.channel.service import SignedRequest
 from mdm.commands import service as commands
 from mdm.commands.models import CommandResult
-from mdm.dependencies import AppSettings, WriteSession
+from mdm.dependencies import AppSealer, AppSettings, WriteSession
 from mdm.errors import Invalid
 from mdm.ids import utcnow
 
@@ -45,17 +45,16 @@ def _parse(model: type[CheckinRequest] | type[CommandResult], body: bytes) -> Ch
 
 
 @router.post("/{device_id}/checkin", response_model=CheckinResponse)
-def checkin(device_id: str, signed: Signed, session: WriteSession, settings: AppSettings) -> CheckinResponse:
+def checkin(
+    device_id: str, signed: Signed, session: WriteSession, settings: AppSettings, sealer: AppSealer
+) -> CheckinResponse:
     """The device reports its inventory and receives the commands due (signed by the device)."""
     now = utcnow()
     device = service.authenticate(session, signed, now)
     body = _parse(CheckinRequest, signed.body)
     assert isinstance(body, CheckinRequest)
     redelivery = timedelta(seconds=settings.command_redelivery_seconds)
-    response, _changed = service.checkin(
-        session, device, body.inventory, now, redelivery, settings.checkin_interval_seconds
-    )
-    return response
+    return service.checkin(session, device, body.inventory, now, redelivery, settings.checkin_interval_seconds, sealer)
 
 
 @router.post("/{device_id}/commands/{command_id}/result", status_code=status.HTTP_204_NO_CONTENT)

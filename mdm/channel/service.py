@@ -5,6 +5,7 @@ authorisation is that certificate being live and the device not retired (whether
 A bad signature is 401; a revoked or expired certificate or a retired device is 403.
 """
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -12,9 +13,10 @@ from cryptography import x509
 from sqlalchemy import delete
 from sqlmodel import Session
 
+from mdm import desired_state
 from mdm.channel.models import CheckinResponse, DeviceNonce
 from mdm.commands import service as commands
-from mdm.commands.models import DeviceCommandForDevice
+from mdm.commands.models import Command, DeviceCommandForDevice
 from mdm.database import insert_ignoring_duplicates
 from mdm.device_signature import SignatureError, check_nonce_format, check_timestamp, verify_request_signature
 from mdm.devices import service as devices
@@ -22,6 +24,7 @@ from mdm.devices.models import Device, DeviceState
 from mdm.errors import ProblemError
 from mdm.inventory.models import Inventory
 from mdm.inventory.service import store_inventory
+from mdm.sealing import Sealer
 
 MAX_SKEW_SECONDS = 300
 # Nonces are kept for twice the skew window: any request older than that is refused by its timestamp.
@@ -99,14 +102,23 @@ def _use_nonce(session: Session, request: SignedRequest, now: datetime) -> None:
 
 
 def checkin(
-    session: Session, device: Device, inventory: Inventory, now: datetime, redelivery: timedelta, interval: int
-) -> tuple[CheckinResponse, bool]:
-    """Stores the inventory, notes the check-in and hands over the commands due; says if the inventory changed."""
-    changed = store_inventory(session, device.id, inventory, now)
+    session: Session,
+    device: Device,
+    inventory: Inventory,
+    now: datetime,
+    redelivery: timedelta,
+    interval: int,
+    sealer: Sealer,
+) -> CheckinResponse:
+    """Stores the inventory, reconciles the device if it changed, and hands over the commands due."""
+    if store_inventory(session, device.id, inventory, now):
+        desired_state.devices_changed(session, device_ids=[device.id])
     devices.mark_checked_in(session, device, inventory.os_version, now)
     due = commands.deliver_due(session, device.id, now, redelivery)
-    response = CheckinResponse(
-        commands=[DeviceCommandForDevice(id=c.id, type=c.type, payload=c.payload) for c in due],  # type: ignore[arg-type]
-        next_checkin_seconds=interval,
-    )
-    return response, changed
+    return CheckinResponse(commands=[_as_delivered(c, sealer) for c in due], next_checkin_seconds=interval)
+
+
+def _as_delivered(command: Command, sealer: Sealer) -> DeviceCommandForDevice:
+    # A payload with a secret (a Wi-Fi password) is kept sealed and opened only for its device.
+    payload = json.loads(sealer.open(command.sealed_payload)) if command.sealed_payload else command.payload
+    return DeviceCommandForDevice(id=command.id, type=command.type, payload=payload)  # type: ignore[arg-type]

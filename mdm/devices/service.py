@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import Select, bindparam, insert, update
 from sqlmodel import Session, col, select
 
+from mdm import desired_state
 from mdm.access_policy.models import AccessRule
 from mdm.actor import Actor
 from mdm.audit.service import record
@@ -171,6 +172,7 @@ def import_devices_csv(session: Session, data: bytes, actor: Actor, progress: Pr
         "updated_serials": [r["serial"] for r in plan.changed_rows],
     }
     record(session, actor, "device.import", "device", None, summary)
+    desired_state.devices_changed(session, device_ids=[row["b_id"] for row in plan.changed_rows])
     return ImportResult(
         total=len(checked),
         created=len(plan.new_rows),

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import bindparam, delete, insert, update
 from sqlmodel import Session, col, select
 
+from mdm import desired_state
 from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.csv_import import ImportResult, chunks, parse_csv, row_error_from_validation, validate_rows
@@ -131,6 +132,8 @@ def import_people_csv(session: Session, data: bytes, actor: Actor, progress: Pro
         "updated_external_ids": outcome.updated,
     }
     record(session, actor, "person.import", "person", None, summary)
+    # Groups decide scopes: people whose record changed may need other profiles and apps.
+    desired_state.devices_changed(session, person_ids=outcome.updated_ids)
     return ImportResult(
         total=total,
         created=len(outcome.created),
@@ -144,6 +147,7 @@ def import_people_csv(session: Session, data: bytes, actor: Actor, progress: Pro
 class UpsertOutcome:
     created: list[str] = field(default_factory=list)  # external ids
     updated: list[str] = field(default_factory=list)
+    updated_ids: list[str] = field(default_factory=list)  # person ids, for reconciling their devices
     unchanged: int = 0
 
 
@@ -162,6 +166,7 @@ def upsert_people(session: Session, rows: list[PersonCreate], progress: Progress
             person_id = current["id"]
             changed_people.append(_person_row(person_id, person, now, created=False))
             outcome.updated.append(person.external_id)
+            outcome.updated_ids.append(person_id)
         else:
             outcome.unchanged += 1
             continue
