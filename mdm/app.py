@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI
 from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
-from enrollment.ca import load_or_create_ca
+from enrollment.ca import load_or_create_ca, load_or_create_profile_signer
 from mdm import desired_state
 from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
@@ -87,6 +87,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
     app.state.sealer = Sealer.load_or_create(settings.data_dir)
+    app.state.profile_signer = load_or_create_profile_signer(
+        settings.data_dir, app.state.ca, settings.ca_passphrase_value
+    )
     wire_domains(app.state.sealer)
     install_error_handlers(app)
     for router in ROUTERS:

@@ -1,12 +1,15 @@
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
-from mdm.actor import Role
+from mdm.actor import Actor, Role
+from mdm.channel.api import DeviceOrRoles
 from mdm.dependencies import READERS, AppSealer, ReadSession, WriteSession, allow
 from mdm.devices import service as devices
+from mdm.errors import NotFound
 from profiles import reconciler, service
 from profiles.models import AppCreate, AppPublic, AppUpdate, DesiredState, ProfileCreate, ProfilePublic, ProfileUpdate
+from profiles.render import MOBILECONFIG_MEDIA_TYPE
 
 router = APIRouter(tags=["profiles and apps"])
 Admin = allow(Role.admin)
@@ -71,6 +74,27 @@ def delete_app(app_id: str, session: WriteSession, actor: Admin, sealer: AppSeal
     """Takes the app out of the catalogue and off every device the school installed it on."""
     service.delete_app(session, app_id, actor, sealer)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/api/v1/devices/{device_id}/profiles/{profile_id}.mobileconfig", response_class=Response)
+def mobileconfig(
+    device_id: str,
+    profile_id: str,
+    request: Request,
+    session: ReadSession,
+    actor: Annotated[Actor, Depends(DeviceOrRoles(Role.admin, Role.technician))],
+    sealer: AppSealer,
+) -> Response:
+    """The profile as a signed Apple configuration profile (CMS, DER), for the device (signed) or staff."""
+    devices.require_device(session, device_id)
+    profile = service.profile_for_device(session, profile_id)
+    if actor.kind == "device" and not service.applies_to(session, profile, device_id):
+        raise NotFound("profile for this device", profile_id)
+    state = request.app.state
+    body = service.signed_mobileconfig(profile, sealer, state.profile_signer, state.ca.certificate_pem)
+    filename = f"{profile.identifier}-v{profile.version}.mobileconfig"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"}
+    return Response(body, media_type=MOBILECONFIG_MEDIA_TYPE, headers=headers)
 
 
 @router.get("/api/v1/devices/{device_id}/desired-state", response_model=DesiredState)

@@ -88,7 +88,7 @@ class Scope(BaseModel):
     groups: list[GroupName] = PydanticField(default_factory=list, description="Empty: every person, or none.")
     network_access: list[Literal["full", "internet_only"]] = PydanticField(
         default_factory=list,
-        description="For profiles with Wi-Fi or proxy payloads: the network access a device must have. "
+        description="For profiles with Wi-Fi payloads: the network access a device must have. "
         "Empty: any access but none (a quarantined device loses network profiles).",
     )
 
@@ -102,7 +102,7 @@ class ProfileCreate(BaseModel):
     @model_validator(mode="after")
     def _network_scope_needs_network_payloads(self) -> "ProfileCreate":
         if self.scope.network_access and not any(p.type in NETWORK_PAYLOAD_TYPES for p in self.payloads):
-            raise ValueError("scope.network_access applies only to profiles with wifi or proxy payloads")
+            raise ValueError("scope.network_access applies only to profiles with wifi payloads")
         return self
 
 

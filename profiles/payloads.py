@@ -82,4 +82,5 @@ Payload = Annotated[
     Field(discriminator="type"),
 ]
 # Network profiles follow the device's network access: quarantine or a policy change moves them.
-NETWORK_PAYLOAD_TYPES = frozenset({"wifi", "proxy"})
+# The filtering proxy is not one: safeguarding wants it on every device, on the network or off it.
+NETWORK_PAYLOAD_TYPES = frozenset({"wifi"})

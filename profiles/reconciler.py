@@ -170,6 +170,10 @@ def _facts(session: Session, batch: list[str]) -> dict[str, DeviceFacts]:
     }
 
 
+def device_facts(session: Session, device_id: str) -> DeviceFacts | None:
+    return _facts(session, [device_id]).get(device_id)
+
+
 def _reported(session: Session, batch: list[str]) -> dict[str, Reported]:
     reported: dict[str, Reported] = {device_id: Reported() for device_id in batch}
     in_batch = col(DeviceProfile.device_id).in_(batch)

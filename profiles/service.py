@@ -31,8 +31,9 @@ from profiles.models import (
     ScopeRule,
 )
 from profiles.payloads import NETWORK_PAYLOAD_TYPES, Payload
-from profiles.planning import PLATFORM_FAMILY
+from profiles.planning import PLATFORM_FAMILY, profile_reasons
 from profiles.reconciler import RunSummary, reconcile
+from profiles.render import agent_profile, configuration_profile, plist_bytes, sign_profile
 
 PAYLOADS = TypeAdapter(list[Payload])
 EVERYONE = DeviceSelector(everyone=True)
@@ -74,8 +75,25 @@ def typed_payloads(profile: Profile, sealer: Sealer) -> list[Any]:
 
 def device_profile_payload(profile: Profile, sealer: Sealer) -> tuple[dict[str, Any], dict[str, Any]]:
     """The InstallProfile payload a device gets, and the redacted copy staff see in the history."""
-    head = {"identifier": profile.identifier, "version": profile.version}
-    return {**head, "profile": _revealed(profile.payloads, sealer)}, {**head, "profile": _redacted(profile.payloads)}
+    full = agent_profile(profile.identifier, profile.version, typed_payloads(profile, sealer))
+    return full, {**full, "profile": _redacted(profile.payloads)}
+
+
+def signed_mobileconfig(profile: Profile, sealer: Sealer, signer: Any, ca_certificate_pem: str) -> bytes:
+    """The profile as a CMS-signed Apple configuration profile."""
+    document = configuration_profile(
+        profile.identifier, profile.name, profile.version, typed_payloads(profile, sealer), ca_certificate_pem
+    )
+    return sign_profile(plist_bytes(document), signer, ca_certificate_pem)
+
+
+def applies_to(session: Session, profile: Profile, device_id: str) -> bool:
+    """Whether the profile is in the device's desired state (a device may fetch only its own)."""
+    from profiles.reconciler import device_facts, load_catalogue
+
+    spec = next((p for p in load_catalogue(session).profiles if p.id == profile.id), None)
+    facts = device_facts(session, device_id)
+    return spec is not None and facts is not None and profile_reasons(facts, spec) is not None
 
 
 # --- Scopes ----------------------------------------------------------------------------------------
@@ -174,7 +192,7 @@ def update_profile(
         profile.is_network = any(p.type in NETWORK_PAYLOAD_TYPES for p in data.payloads)
     if data.scope is not None:
         if data.scope.network_access and not profile.is_network:
-            raise Conflict("scope.network_access applies only to profiles with wifi or proxy payloads")
+            raise Conflict("scope.network_access applies only to profiles with wifi payloads")
         _write_scope(session, profile.id, _profile_scope_rules(data.scope))
     profile.version += 1
     profile.updated_at = utcnow()
@@ -368,12 +386,12 @@ def on_command_result(session: Session, command: Command) -> None:
 
 
 def _settle_install(session: Session, command: Command) -> None:
-    install = session.exec(select(SchoolInstall).where(SchoolInstall.command_id == command.id)).first()
+    app = _app_by_identifier(session, command.payload.get("identifier"))
+    if app is None:
+        return
+    install = session.get(SchoolInstall, (command.device_id, app.id))
     if command.status == "acknowledged":
-        if install is None:
-            app = _app_by_identifier(session, command.payload.get("identifier"))
-            if app is None:
-                return
+        if install is None:  # its reservation was released meanwhile; the device has it all the same
             install = SchoolInstall(
                 device_id=command.device_id,
                 app_id=app.id,
@@ -384,7 +402,7 @@ def _settle_install(session: Session, command: Command) -> None:
         install.status, install.installed_at = "installed", utcnow()
         session.add(install)
     elif command.status == "error" and install is not None and install.status == "reserved":
-        session.delete(install)
+        session.delete(install)  # the install failed: the licence goes back to the pool
 
 
 def _app_by_identifier(session: Session, identifier: str | None) -> App | None:

@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
+from mdm.actor import Actor
 from mdm.channel import service
 from mdm.channel.models import CheckinRequest, CheckinResponse
 from mdm.channel.service import SignedRequest
 from mdm.commands import service as commands
 from mdm.commands.models import CommandResult
-from mdm.dependencies import AppSealer, AppSettings, WriteSession
+from mdm.database import Database
+from mdm.dependencies import AppSealer, AppSettings, RequireRoles, WriteSession, get_database
 from mdm.errors import Invalid
 from mdm.ids import utcnow
 
@@ -32,6 +34,24 @@ class DeviceSignature:
 
 
 Signed = Annotated[SignedRequest, Depends(DeviceSignature())]
+
+
+class DeviceOrRoles(RequireRoles):
+    """For what a device and staff may both fetch: a device's signature, or a token with one of the roles.
+
+    A device may only ask about itself: the path's device_id is the one whose key must have signed.
+    """
+
+    def __call__(self, request: Request, database: Annotated[Database, Depends(get_database)]) -> Actor:
+        if "x-mdm-signature" not in request.headers:
+            return super().__call__(request, database)
+        device_id = request.path_params["device_id"]
+        path = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        signed = service.parse_signed_request(device_id, request.method, path, headers, b"", time.time())
+        with database.writing() as session:
+            service.authenticate(session, signed, utcnow())
+        return Actor(kind="device", id=device_id, name=device_id)
 
 
 def _parse(model: type[CheckinRequest] | type[CommandResult], body: bytes) -> CheckinRequest | CommandResult:
