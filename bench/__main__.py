@@ -2,15 +2,20 @@
 
 import argparse
 
-from bench import people_import
+from bench import people_import, reconcile
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database-url", help="Default: a fresh SQLite file in a temporary folder.")
-    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--rows", type=int, default=50_000, help="People in the import benchmark.")
+    parser.add_argument("--devices", type=int, default=50_000, help="Devices in the reconciler benchmark.")
+    parser.add_argument("--only", choices=["people", "reconcile"], help="Run one benchmark.")
     args = parser.parse_args()
-    people_import.run(args.rows, args.database_url)
+    if args.only in (None, "people"):
+        people_import.run(args.rows, args.database_url)
+    if args.only in (None, "reconcile"):
+        reconcile.run(args.devices, args.database_url)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from mdm.access_policy.models import AccessRule
 from mdm.commands.models import OPEN_STATUSES, Command, CommandStatus
 from mdm.csv_import import chunks
+from mdm.database import refresh_statistics
 from mdm.desired_state import DeviceSelector
 from mdm.devices.models import Device
 from mdm.ids import new_id, utcnow
@@ -36,6 +37,8 @@ from profiles.planning import (
 )
 
 BATCH_SIZE = 1000
+# After queuing this many commands at once, PostgreSQL's planner is told the command table grew.
+STATISTICS_AFTER = 5000
 RECONCILER = "reconciler"
 MANAGED_STATES = ("enrolled", "exiting")
 
@@ -79,6 +82,8 @@ def reconcile(session: Session, selector: DeviceSelector, sealer: Sealer) -> Run
         ]
         _apply(session, plans, reported, catalogue, sealer, summary)
         summary.devices += len(batch)
+    if summary.queued > STATISTICS_AFTER:
+        refresh_statistics(session, "command", "school_install")
     return summary
 
 

@@ -138,3 +138,72 @@ def test_agent_cli_enrols_from_the_qr_link_and_runs(server, api, tmp_path):
     )
     assert used.returncode == 1
     assert "409" in used.stderr
+
+
+def test_profiles_apps_and_policy_changes_over_real_http(server, api, tmp_path):
+    """Enrol, receive profiles and apps; a changed profile arrives as a new version; a policy change swaps the Wi-Fi."""
+    staff_wifi = {"type": "wifi", "ssid": "School-Staff", "security": "wpa2_enterprise"}
+    guest_wifi = {"type": "wifi", "ssid": "School-Guest", "security": "wpa2_psk", "password": "guest-pass-1"}
+    proxy = api.post(
+        "/api/v1/profiles",
+        json={
+            "name": "Filter",
+            "identifier": "uk.sch.example.proxy",
+            "payloads": [{"type": "proxy", "pac_url": "https://f.example/p.pac"}],
+        },
+    )
+    assert proxy.status_code == 201, proxy.text
+    for identifier, payload, access in (
+        ("uk.sch.example.staff", staff_wifi, "full"),
+        ("uk.sch.example.guest", guest_wifi, "internet_only"),
+    ):
+        created = api.post(
+            "/api/v1/profiles",
+            json={
+                "name": identifier,
+                "identifier": identifier,
+                "payloads": [payload],
+                "scope": {"network_access": [access]},
+            },
+        )
+        assert created.status_code == 201, created.text
+    app = api.post(
+        "/api/v1/apps",
+        json={
+            "identifier": "com.example.maths",
+            "name": "Maths",
+            "platform": "ios",
+            "licence": "school",
+            "licences_total": 1,
+            "required_for": ["authorised"],
+        },
+    ).json()
+    state_dir = tmp_path / "ipad"
+    enroll_device(
+        state_dir,
+        server,
+        _token(api, category="authorised")["token"],
+        {"serial": "LIVE9", "platform": "ipados"},
+        aup_accepted=True,
+    )
+    run_device(state_dir)
+    inventory = AgentState.load(state_dir).inventory
+    assert {p.identifier: p.version for p in inventory.profiles} == {
+        "uk.sch.example.proxy": 1,
+        "uk.sch.example.staff": 1,
+    }
+    assert [(a.identifier, a.managed) for a in inventory.apps] == [("com.example.maths", True)]
+    assert api.get(f"/api/v1/apps/{app['id']}").json()["licences_assigned"] == 1
+
+    api.put(
+        f"/api/v1/profiles/{proxy.json()['id']}",
+        json={"payloads": [{"type": "proxy", "host": "p.example", "port": 8080}]},
+    )
+    api.put("/api/v1/access-policy/authorised", json={"allowed": True, "network_access": "internet_only"})
+    run_device(state_dir)
+    inventory = AgentState.load(state_dir).inventory
+    assert {p.identifier: p.version for p in inventory.profiles} == {
+        "uk.sch.example.proxy": 2,
+        "uk.sch.example.guest": 1,
+    }
+    assert inventory.profile("uk.sch.example.guest").payloads[0]["password"] == "guest-pass-1"

@@ -1,0 +1,110 @@
+"""The reconciler on a whole fleet: N enrolled devices, then a profile change that touches every one.
+
+Reports the time, the commands queued and the SQL statements issued, which stay a handful per batch of
+1,000 devices however many devices there are (no query per device).
+"""
+
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import event, insert
+
+from bench.databases import fresh_database
+from mdm.actor import cli_actor
+from mdm.database import open_database, refresh_statistics
+from mdm.devices.models import Device
+from mdm.ids import new_id, utcnow
+from mdm.inventory.models import DeviceProfile
+from mdm.migrate import upgrade
+from mdm.sealing import Sealer
+from profiles.models import ProfileCreate, ProfileUpdate
+from profiles.service import create_profile, update_profile
+
+PROXY = {"type": "proxy", "pac_url": "https://filter.example.sch.uk/proxy.pac"}
+
+
+def _fleet(database, devices: int) -> list[str]:
+    now = utcnow()
+    ids = [new_id() for _ in range(devices)]
+    rows = [
+        {
+            "id": i,
+            "serial": f"S{n:07d}",
+            "platform": "ipados",
+            "category": "authorised",
+            "state": "enrolled",
+            "held": False,
+            "compliance_status": "unknown",
+            "compliance_failures": [],
+            "created_at": now,
+            "updated_at": now,
+        }
+        for n, i in enumerate(ids)
+    ]
+    with database.writing() as session:
+        for start in range(0, devices, 5000):
+            session.execute(insert(Device), rows[start : start + 5000])
+    return ids
+
+
+def _installed(database, ids: list[str], identifier: str, version: int) -> None:
+    with database.writing() as session:
+        rows = [{"device_id": i, "identifier": identifier, "version": version} for i in ids]
+        for start in range(0, len(rows), 5000):
+            session.execute(insert(DeviceProfile), rows[start : start + 5000])
+        # A live fleet's check-ins arrive over hours and autovacuum keeps statistics current; a bulk
+        # load in one go needs telling.
+        refresh_statistics(session, "device", "device_profile", "command")
+
+
+def _timed(database, label: str, work) -> None:  # type: ignore[no-untyped-def]
+    statements = 0
+
+    def count(*_args) -> None:  # type: ignore[no-untyped-def]
+        nonlocal statements
+        statements += 1
+
+    event.listen(database.write_engine, "before_cursor_execute", count)
+    started = time.perf_counter()
+    with database.writing() as session:
+        summary = work(session)
+    elapsed = time.perf_counter() - started
+    event.remove(database.write_engine, "before_cursor_execute", count)
+    print(
+        f"reconcile, {summary.devices:,} devices, {label}: {elapsed:.2f} s, {summary.queued:,} commands queued, "
+        f"{statements} SQL statements"
+    )
+
+
+def run(devices: int, database_url: str | None) -> None:
+    with tempfile.TemporaryDirectory() as folder, fresh_database(database_url, Path(folder)) as url:
+        upgrade(url)
+        database = open_database(url)
+        sealer = Sealer.load_or_create(Path(folder))
+        try:
+            ids = _fleet(database, devices)
+            created: dict[str, str] = {}
+
+            def create(session):  # type: ignore[no-untyped-def]
+                data = ProfileCreate(name="Filter", identifier="uk.sch.example.proxy", payloads=[PROXY])
+                public, summary = create_profile(session, data, cli_actor(), sealer)
+                created["id"] = public.id
+                return summary
+
+            _timed(database, "new profile for all", create)
+            with database.write_engine.begin() as connection:
+                connection.exec_driver_sql("UPDATE command SET status = 'acknowledged'")
+            _installed(database, ids, "uk.sch.example.proxy", 1)
+            _timed(database, "nothing to do", lambda session: create_profile_noop(session, sealer))
+            new = ProfileUpdate(payloads=[{"type": "proxy", "host": "proxy.example.sch.uk", "port": 3128}])
+            _timed(database, "profile changed", lambda s: update_profile(s, created["id"], new, cli_actor(), sealer)[1])
+        finally:
+            database.dispose()
+
+
+def create_profile_noop(session, sealer):  # type: ignore[no-untyped-def]
+    from mdm.desired_state import DeviceSelector
+    from profiles.reconciler import reconcile
+
+    return reconcile(session, DeviceSelector(everyone=True), sealer)
