@@ -21,6 +21,7 @@ from mdm.access_policy import service as access_policy
 from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.categories import PERSONAL, SCHOOL_OWNED, Category
+from mdm.commands import service as commands
 from mdm.commands.models import Command, CommandType
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceState
@@ -309,6 +310,7 @@ def on_command_result(session: Session, command: Command) -> None:
     back_to_stock = command.type == CommandType.EraseDevice.value and Category(device.category) in SCHOOL_OWNED
     state = DeviceState.in_stock if back_to_stock else DeviceState.retired
     devices.set_state(session, device, state, unassign=back_to_stock)
+    commands.cancel_all_open(session, device.id, f"not run: the device was {reason}")
     actor = Actor(kind="device", id=device.id, name=device.id)
     summary = {"command_id": command.id, "state": state.value, "certificates": serials, "crl_number": crl_number}
     record(session, actor, f"device.{reason.replace(' ', '_').lower()}", "device", device.id, summary)

@@ -10,6 +10,9 @@ from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
 from enrollment.ca import load_or_create_ca, load_or_create_profile_signer
+from exit_process import jobs as exit_jobs
+from exit_process import service as exit_service
+from exit_process.api import router as exit_router
 from mdm import desired_state
 from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
@@ -44,6 +47,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     channel_router,
     enrollment_router,
     profiles_router,
+    exit_router,
 )
 
 
@@ -51,11 +55,12 @@ def wire_domains(sealer: Sealer) -> None:
     """Connects the domains to the core's seams; the CLI calls it too, so its writes reconcile devices."""
     commands_service.on_result(enrollment_service.on_command_result)
     commands_service.on_result(profiles_service.on_command_result)
+    commands_service.on_result(exit_service.on_command_result)  # last: it reads what the others settled
     desired_state.register(lambda session, selector: reconciler.reconcile(session, selector, sealer))
 
 
-def scheduled_jobs() -> list[JobSpec]:
-    return [*channel_jobs.JOBS, *enrollment_jobs.JOBS]
+def scheduled_jobs(settings: Settings) -> list[JobSpec]:
+    return [*channel_jobs.JOBS, *enrollment_jobs.JOBS, *exit_jobs.jobs(settings.timezone)]
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
@@ -63,7 +68,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     owns_database = database is None
     database = database or open_database(settings.resolved_database_url)
 
-    scheduler = Scheduler(database, scheduled_jobs(), settings.timezone) if settings.scheduler == "on" else None
+    scheduler = Scheduler(database, scheduled_jobs(settings), settings.timezone) if settings.scheduler == "on" else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -416,3 +416,30 @@ def _release_by_identifier(session: Session, device_id: str, identifier: str | N
     session.execute(
         delete(SchoolInstall).where(SchoolInstall.device_id == device_id, col(SchoolInstall.app_id).in_(app_ids))
     )  # type: ignore[arg-type]
+
+
+# --- For other domains (the exit) ------------------------------------------------------------------
+
+
+def school_apps_on(session: Session, device_id: str) -> list[tuple[str, bool]]:
+    """(app identifier, licensed) of every app the school put on the device, by its own records."""
+    statement = (
+        select(App.identifier, App.licence)
+        .join(SchoolInstall, SchoolInstall.app_id == App.id)  # type: ignore[arg-type]
+        .where(SchoolInstall.device_id == device_id)
+        .order_by(App.identifier)
+    )
+    return [(identifier, licence == "school") for identifier, licence in session.exec(statement)]
+
+
+def filtering_profile_identifiers(session: Session) -> set[str]:
+    """Identifiers of the school's profiles that carry the proxy or web filter (deleted ones included)."""
+    return {
+        profile.identifier
+        for profile in session.exec(select(Profile))
+        if any(payload.get("type") in ("proxy", "web_filter") for payload in profile.payloads)
+    }
+
+
+def school_profile_identifiers(session: Session) -> set[str]:
+    return set(session.exec(select(Profile.identifier)))

@@ -48,6 +48,7 @@ def queue_command(
     created_by: str,
     *,
     target: str | None = None,
+    intent: str | None = None,
     expires_at: datetime | None = None,
 ) -> Command:
     command = Command(
@@ -56,6 +57,7 @@ def queue_command(
         type=command_type.value,
         payload=payload,
         target=target,
+        intent=intent,
         status=CommandStatus.queued.value,
         created_at=utcnow(),
         created_by=created_by,
@@ -169,6 +171,15 @@ def cancel_open(session: Session, device_id: str, command_type: CommandType, rea
     for command_id in ids:
         cancel_command(session, device_id, command_id, reason)
     return ids
+
+
+def cancel_all_open(session: Session, device_id: str, reason: str) -> list[str]:
+    """A device that let go of management runs nothing more: whatever still waits is called off."""
+    waiting = open_commands(session, device_id)
+    for command in waiting:
+        command.status, command.answered_at, command.result_detail = CommandStatus.cancelled.value, utcnow(), reason
+        session.add(command)
+    return [command.id for command in waiting]
 
 
 def history_query(device_id: str) -> Select[Any]:
