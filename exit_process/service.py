@@ -71,34 +71,24 @@ def open_case(session: Session, data: ExitCreate, actor: Actor, timezone: str) -
     if data.dry_run:
         return plan(session, person.id, leaving, data.reason)
     _refuse_second_case(session, person.id)
-    case = ExitCase(
-        id=new_id(),
-        person_id=person.id,
-        status=CaseStatus.scheduled.value,
-        reason=data.reason,
-        leaving_date=leaving,
-        created_at=utcnow(),
-        created_by=actor.label,
-        revoked_tokens=[],
-    )
+    return case_public(session, _new_case(session, person.id, leaving, data.reason, actor, timezone))
+
+
+def _new_case(session: Session, person_id: str, leaving: date, reason: str, actor: Actor, timezone: str) -> ExitCase:
+    case = ExitCase(id=new_id(), person_id=person_id, status=CaseStatus.scheduled.value, reason=reason,
+                    leaving_date=leaving, created_at=utcnow(), created_by=actor.label, revoked_tokens=[])
     try:
         with session.begin_nested():  # the unique index settles a race between two requests
             session.add(case)
             session.flush()
     except IntegrityError:
-        _refuse_second_case(session, person.id)
+        _refuse_second_case(session, person_id)
         raise
-    record(
-        session,
-        actor,
-        "exit.open",
-        "exit_case",
-        case.id,
-        {"person_id": person.id, "leaving_date": leaving.isoformat(), "reason": data.reason},
-    )
+    record(session, actor, "exit.open", "exit_case", case.id,
+           {"person_id": person_id, "leaving_date": leaving.isoformat(), "reason": reason})
     if leaving <= today(timezone):
         start_case(session, case, actor)
-    return case_public(session, case)
+    return case
 
 
 def _refuse_second_case(session: Session, person_id: str) -> None:
@@ -614,7 +604,7 @@ def import_leavers_csv(session: Session, data: bytes, actor: Actor, timezone: st
         )
     if errors:
         raise invalid_lines(errors)
-    cases = [open_case(session, ExitCreate(person_id=p, leaving_date=d, reason=r), actor, timezone) for p, d, r in rows]
+    cases = [_new_case(session, p, d, r, actor, timezone) for p, d, r in rows]
     started = sum(1 for case in cases if case.status != CaseStatus.scheduled.value)
     return {
         "total": len(cases),
