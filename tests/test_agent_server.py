@@ -207,3 +207,129 @@ def test_profiles_apps_and_policy_changes_over_real_http(server, api, tmp_path):
         "uk.sch.example.guest": 1,
     }
     assert inventory.profile("uk.sch.example.guest").payloads[0]["password"] == "guest-pass-1"
+
+
+def test_leavers_over_real_http(server, api, tmp_path, database):
+    """The exit end to end: an authorised iPad keeps only the family's apps; a school iPad is wiped and in
+    stock; a held one is not wiped; an offline phone is forced with a note once overdue."""
+    from datetime import date, timedelta
+
+    from sqlalchemy import text
+
+    for name in ("maths", "science", "reader"):
+        api.post(
+            "/api/v1/apps",
+            json={
+                "identifier": f"com.school.{name}",
+                "name": name,
+                "platform": "ios",
+                "licence": "school",
+                "licences_total": 10,
+                "required_for": ["authorised"],
+            },
+        ).raise_for_status()
+    api.post(
+        "/api/v1/profiles",
+        json={
+            "name": "Filter",
+            "identifier": "uk.sch.example.proxy",
+            "payloads": [{"type": "proxy", "pac_url": "https://f.example/p.pac"}],
+        },
+    ).raise_for_status()
+    api.post(
+        "/api/v1/profiles",
+        json={
+            "name": "Wi-Fi",
+            "identifier": "uk.sch.example.wifi",
+            "payloads": [{"type": "wifi", "ssid": "School", "security": "wpa2_enterprise"}],
+        },
+    ).raise_for_status()
+    people = "external_id,kind,display_name\nA1,learner,Ann\nB1,learner,Ben\nC1,learner,Cat\nD1,learner,Dan\n"
+    api.post("/api/v1/people/import", content=people, headers={"content-type": "text/csv"}).raise_for_status()
+    ids = {p["external_id"]: p["id"] for p in api.get("/api/v1/people").json()["items"]}
+
+    def enrol(external_id: str, category: str, serial: str):  # type: ignore[no-untyped-def]
+        token = _token(api, category=category, person_id=ids[external_id])["token"]
+        state_dir = tmp_path / serial
+        device_id = enroll_device(state_dir, server, token, {"serial": serial, "platform": "ipados"}, aup_accepted=True)
+        return device_id, state_dir
+
+    ipad, ipad_dir = enrol("A1", "authorised", "FAMILY1")
+    state = AgentState.load(ipad_dir)
+    state.inventory.install_own_app("com.family.game", "1.0")
+    state.inventory.install_own_app("com.family.music", "3.2")
+    state.save()
+    run_device(ipad_dir)
+    school, school_dir = enrol("B1", "school_single_user", "STOCK1")
+    held, held_dir = enrol("C1", "school_shared", "STOCK2")
+    _phone, phone_dir = enrol("D1", "learner_owned", "PHONE1")
+    for state_dir in (school_dir, held_dir, phone_dir):
+        run_device(state_dir)
+    api.put(f"/api/v1/devices/{held}/hold", json={"held": True, "reason": "confiscated"}).raise_for_status()
+    certificate = (ipad_dir / "device.cert.pem").read_text()
+
+    cases = {}
+    for external_id in ("A1", "B1", "C1", "D1"):
+        opened = api.post("/api/v1/exits", json={"person_id": ids[external_id], "reason": "left"})
+        assert opened.status_code == 201, opened.text
+        cases[external_id] = opened.json()
+    for case in (cases["B1"], cases["C1"]):
+        collect = next(s for s in case["devices"][0]["steps"] if s["kind"] == "collect_device")
+        api.post(
+            f"/api/v1/exits/{case['id']}/steps/{collect['id']}/complete", json={"note": "handed in"}
+        ).raise_for_status()
+    for state_dir in (ipad_dir, school_dir, held_dir):
+        run_device(state_dir)
+
+    inventory = AgentState.load(ipad_dir).inventory
+    assert sorted(a.identifier for a in inventory.apps) == ["com.family.game", "com.family.music"]
+    assert inventory.profiles == []
+    assert api.get(f"/api/v1/exits/{cases['A1']['id']}").json()["status"] == "completed"
+    (tmp_path / "ipad.pem").write_text(certificate)
+    (tmp_path / "ca.pem").write_text(httpx.get(f"{server}/api/v1/pki/ca.pem").text)
+    (tmp_path / "crl.der").write_bytes(httpx.get(f"{server}/api/v1/pki/crl").content)
+    subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", tmp_path / "crl.der", "-out", tmp_path / "crl.pem"], check=True
+    )
+    verify = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            tmp_path / "crl.pem",
+            "-CAfile",
+            tmp_path / "ca.pem",
+            tmp_path / "ipad.pem",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "certificate revoked" in verify.stdout + verify.stderr
+    assert api.get(f"/api/v1/devices/{ipad}").json()["state"] == "retired"
+
+    stock = api.get(f"/api/v1/devices/{school}").json()
+    assert (stock["state"], stock["person_id"]) == ("in_stock", None)
+    assert api.get(f"/api/v1/exits/{cases['B1']['id']}").json()["status"] == "completed"
+
+    assert api.get(f"/api/v1/devices/{held}").json()["state"] == "exiting"
+    held_steps = {s["kind"]: s for s in api.get(f"/api/v1/exits/{cases['C1']['id']}").json()["devices"][0]["steps"]}
+    assert held_steps["wipe"]["status"] == "pending"
+    assert "held" in held_steps["wipe"]["detail"]
+
+    with database.write_engine.begin() as connection:  # the phone never came back: two weeks pass
+        connection.execute(
+            text("UPDATE exit_case SET leaving_date = :d WHERE id = :id"),
+            {"d": date.today() - timedelta(days=15), "id": cases["D1"]["id"]},
+        )
+    revoke = next(s for s in cases["D1"]["devices"][0]["steps"] if s["kind"] == "revoke_certificate")
+    forced = api.post(
+        f"/api/v1/exits/{cases['D1']['id']}/steps/{revoke['id']}/complete",
+        json={"note": "left the country; the phone never came back online"},
+    )
+    assert forced.status_code == 200, forced.text
+    assert forced.json()["status"] == "completed_with_exceptions"
+    with pytest.raises(AgentError) as refused:
+        run_device(phone_dir)
+    assert refused.value.status == 403
