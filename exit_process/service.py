@@ -75,8 +75,16 @@ def open_case(session: Session, data: ExitCreate, actor: Actor, timezone: str) -
 
 
 def _new_case(session: Session, person_id: str, leaving: date, reason: str, actor: Actor, timezone: str) -> ExitCase:
-    case = ExitCase(id=new_id(), person_id=person_id, status=CaseStatus.scheduled.value, reason=reason,
-                    leaving_date=leaving, created_at=utcnow(), created_by=actor.label, revoked_tokens=[])
+    case = ExitCase(
+        id=new_id(),
+        person_id=person_id,
+        status=CaseStatus.scheduled.value,
+        reason=reason,
+        leaving_date=leaving,
+        created_at=utcnow(),
+        created_by=actor.label,
+        revoked_tokens=[],
+    )
     try:
         with session.begin_nested():  # the unique index settles a race between two requests
             session.add(case)
@@ -84,8 +92,14 @@ def _new_case(session: Session, person_id: str, leaving: date, reason: str, acto
     except IntegrityError:
         _refuse_second_case(session, person_id)
         raise
-    record(session, actor, "exit.open", "exit_case", case.id,
-           {"person_id": person_id, "leaving_date": leaving.isoformat(), "reason": reason})
+    record(
+        session,
+        actor,
+        "exit.open",
+        "exit_case",
+        case.id,
+        {"person_id": person_id, "leaving_date": leaving.isoformat(), "reason": reason},
+    )
     if leaving <= today(timezone):
         start_case(session, case, actor)
     return case

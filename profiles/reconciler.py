@@ -66,8 +66,8 @@ def reconcile(session: Session, selector: DeviceSelector, sealer: Sealer) -> Run
     catalogue = load_catalogue(session)
     summary = RunSummary()
     for batch in _device_batches(session, selector):
-        facts = _facts(session, batch)
-        reported = _reported(session, batch)
+        facts = batch_facts(session, batch)
+        reported = batch_reported(session, batch)
         plans = [
             plan_device(
                 facts[d],
@@ -152,10 +152,15 @@ def _device_batches(session: Session, selector: DeviceSelector) -> Iterator[list
 
 
 def network_access_expression() -> Any:
-    return case((AccessRule.allowed, AccessRule.network_access), else_="none")
+    """A quarantined device, or one whose category is not allowed, gets no network access."""
+    return case(
+        (col(Device.quarantined_at).is_not(None), "none"),
+        (AccessRule.allowed, AccessRule.network_access),
+        else_="none",
+    )
 
 
-def _facts(session: Session, batch: list[str]) -> dict[str, DeviceFacts]:
+def batch_facts(session: Session, batch: list[str]) -> dict[str, DeviceFacts]:
     groups: dict[str, set[str]] = defaultdict(set)
     statement = (
         select(Device.id, PersonGroup.group_name)
@@ -175,11 +180,19 @@ def _facts(session: Session, batch: list[str]) -> dict[str, DeviceFacts]:
     }
 
 
+def desired_for(facts: DeviceFacts, catalogue: Catalogue) -> tuple[list[ProfileSpec], list[AppSpec]]:
+    """The profiles and apps a device should carry, for other domains (compliance) to check against."""
+    from profiles.planning import app_reasons, profile_reasons
+
+    profiles = [p for p in catalogue.profiles if profile_reasons(facts, p) is not None]
+    return profiles, [a for a in catalogue.apps if app_reasons(facts, a) is not None]
+
+
 def device_facts(session: Session, device_id: str) -> DeviceFacts | None:
-    return _facts(session, [device_id]).get(device_id)
+    return batch_facts(session, [device_id]).get(device_id)
 
 
-def _reported(session: Session, batch: list[str]) -> dict[str, Reported]:
+def batch_reported(session: Session, batch: list[str]) -> dict[str, Reported]:
     reported: dict[str, Reported] = {device_id: Reported() for device_id in batch}
     in_batch = col(DeviceProfile.device_id).in_(batch)
     for device_id, identifier, version in session.exec(
@@ -326,8 +339,8 @@ def explain(session: Session, device_id: str) -> dict[str, Any]:
     from profiles.planning import app_reasons, meets_minimum, profile_reasons
 
     catalogue = load_catalogue(session)
-    facts = _facts(session, [device_id])[device_id]
-    reported = _reported(session, [device_id])[device_id]
+    facts = batch_facts(session, [device_id])[device_id]
+    reported = batch_reported(session, [device_id])[device_id]
     plan = plan_device(
         facts, catalogue.profiles, catalogue.school_profile_identifiers, catalogue.apps, catalogue.apps_by_id, reported
     )

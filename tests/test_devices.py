@@ -28,7 +28,13 @@ def test_preregistered_device_is_registered_with_policy_network_access(client, a
     assert device["state"] == "registered"
     assert device["held"] is False
     assert device["network_access"] == "full"
-    assert device["compliance"] == {"status": "unknown", "failures": [], "evaluated_at": None}
+    assert device["compliance"] == {
+        "status": "unknown",
+        "failures": [],
+        "evaluated_at": None,
+        "failing_since": None,
+        "quarantined_at": None,
+    }
     assert device["person_id"] == person_id
 
 

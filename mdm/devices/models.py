@@ -55,6 +55,9 @@ class Device(SQLModel, table=True):
     compliance_status: str = Field(default=ComplianceStatus.unknown.value, max_length=20)
     compliance_failures: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JsonType, nullable=False))
     compliance_evaluated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    compliance_failing_since: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # Set while the device is quarantined for staying non-compliant: its network access is then none.
+    quarantined_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     created_at: datetime = Field(sa_type=UtcDateTime)
     updated_at: datetime = Field(sa_type=UtcDateTime)
 
@@ -82,6 +85,8 @@ class ComplianceSummary(BaseModel):
     status: ComplianceStatus
     failures: list[dict[str, Any]]
     evaluated_at: datetime | None
+    failing_since: datetime | None = None
+    quarantined_at: datetime | None = None
 
 
 class DevicePublic(BaseModel):

@@ -92,9 +92,9 @@ def devices_query() -> Select[Any]:
     )
 
 
-def network_access(allowed: bool, policy_access: str) -> NetworkAccess:
-    """What the device gets on the school network: the category's policy, none when not allowed."""
-    return NetworkAccess(policy_access) if allowed else NetworkAccess.none
+def network_access(allowed: bool, policy_access: str, quarantined: bool = False) -> NetworkAccess:
+    """What the device gets on the school network: the category's policy; none when not allowed or quarantined."""
+    return NetworkAccess(policy_access) if allowed and not quarantined else NetworkAccess.none
 
 
 def to_public(device: Device, allowed: bool, policy_access: str) -> DevicePublic:
@@ -102,14 +102,11 @@ def to_public(device: Device, allowed: bool, policy_access: str) -> DevicePublic
         status=device.compliance_status,  # type: ignore[arg-type]
         failures=device.compliance_failures,
         evaluated_at=device.compliance_evaluated_at,
+        failing_since=device.compliance_failing_since,
+        quarantined_at=device.quarantined_at,
     )
-    return DevicePublic.model_validate(
-        {
-            **device.model_dump(),
-            "network_access": network_access(allowed, policy_access),
-            "compliance": compliance,
-        }
-    )
+    access = network_access(allowed, policy_access, device.quarantined_at is not None)
+    return DevicePublic.model_validate({**device.model_dump(), "network_access": access, "compliance": compliance})
 
 
 def get_device(session: Session, device_id: str) -> DevicePublic:
@@ -368,3 +365,42 @@ def set_state(session: Session, device: Device, state: DeviceState, *, unassign:
         device.person_id = None
     device.updated_at = utcnow()
     session.add(device)
+
+
+# --- Compliance verdicts (written by the compliance domain) ----------------------------------------
+
+
+def compliance_rows(session: Session, device_ids: list[str]) -> dict[str, Any]:
+    """What the compliance run needs of each device, in one query per batch."""
+    columns = (
+        Device.id,
+        Device.platform,
+        Device.category,
+        Device.os_version,
+        Device.person_id,
+        Device.last_checkin_at,
+        Device.enrolled_at,
+        Device.compliance_status,
+        Device.compliance_failures,
+        Device.compliance_failing_since,
+        Device.quarantined_at,
+    )
+    return {row.id: row for row in session.exec(select(*columns).where(col(Device.id).in_(device_ids)))}
+
+
+def record_compliance(session: Session, changes: list[dict[str, Any]], evaluated: list[str], now: datetime) -> None:
+    """Writes changed verdicts in bulk and stamps every evaluated device; unchanged devices cost one statement a batch."""
+    if changes:
+        statement = (
+            update(Device.__table__)  # type: ignore[attr-defined]
+            .where(Device.__table__.c.id == bindparam("b_id"))  # type: ignore[attr-defined]
+            .values(
+                compliance_status=bindparam("status"),
+                compliance_failures=bindparam("failures"),
+                compliance_failing_since=bindparam("failing_since"),
+                quarantined_at=bindparam("quarantined_at"),
+            )
+        )
+        session.execute(statement, changes)
+    if evaluated:
+        session.execute(update(Device).where(col(Device.id).in_(evaluated)).values(compliance_evaluated_at=now))

@@ -1,0 +1,285 @@
+"""The compliance run: every enrolled device against the rules, in batches, writing only what changed.
+
+Per batch of 1,000 devices a fixed handful of queries loads the evidence (device rows, inventories,
+desired and reported state); the rules are judged in memory (compliance/rules.py); changed verdicts
+are written in bulk, with a history row each. Then escalation: what the reconciler can fix is queued
+again at once, a device failing longer than its category's grace period is quarantined (its network
+access drops to none, so the reconciler removes its Wi-Fi), and a quarantine lifts itself once the
+device is compliant again.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert
+from sqlmodel import Session, col, select
+
+from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
+from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate
+from mdm import desired_state
+from mdm.csv_import import chunks
+from mdm.database import Database
+from mdm.devices import service as devices
+from mdm.devices.models import Device
+from mdm.errors import Invalid, NotFound
+from mdm.ids import new_id, utcnow
+from mdm.inventory.models import DeviceInventory
+from profiles import reconciler
+
+log = logging.getLogger("mdm.compliance")
+BATCH_SIZE = 1000
+Progress = Callable[[int, int], None]
+
+
+# --- Rules -----------------------------------------------------------------------------------------
+
+
+def rule_settings(session: Session) -> dict[str, tuple[bool, dict[str, Any]]]:
+    stored = {rule.id: rule for rule in session.exec(select(ComplianceRule))}
+    settings = {}
+    for definition in RULES:
+        row = stored.get(definition.id)
+        enabled = row.enabled if row else definition.enabled
+        settings[definition.id] = (enabled, {**definition.defaults, **(row.params if row else {})})
+    return settings
+
+
+def list_rules(session: Session) -> list[RulePublic]:
+    return [
+        RulePublic(id=d.id, description=d.description, source=d.source, enabled=enabled, params=params)
+        for d, (enabled, params) in zip(RULES, rule_settings(session).values(), strict=True)
+    ]
+
+
+def update_rule(session: Session, rule_id: str, change: RuleUpdate, actor: Any) -> RulePublic:
+    from mdm.audit.service import record
+
+    definition = RULES_BY_ID.get(rule_id)
+    if definition is None:
+        raise NotFound("compliance rule", rule_id)
+    unknown = sorted(set(change.params or {}) - set(definition.defaults))
+    if unknown:
+        raise Invalid(
+            "Unknown parameters for this rule.",
+            [{"field": f"params.{k}", "message": "not a parameter of this rule"} for k in unknown],
+        )
+    bad = [k for k, v in (change.params or {}).items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+    if bad:
+        raise Invalid(
+            "Rule parameters are whole numbers of at least 1.",
+            [{"field": f"params.{k}", "message": "must be a whole number >= 1"} for k in bad],
+        )
+    row = session.get(ComplianceRule, rule_id) or ComplianceRule(
+        id=rule_id, enabled=definition.enabled, params={}, updated_at=utcnow()
+    )
+    if change.enabled is not None:
+        row.enabled = change.enabled
+    if change.params is not None:
+        row.params = {**row.params, **change.params}
+    row.updated_at = utcnow()
+    session.add(row)
+    record(session, actor, "compliance.rule_update", "compliance_rule", rule_id, change.model_dump(exclude_none=True))
+    session.flush()
+    return next(rule for rule in list_rules(session) if rule.id == rule_id)
+
+
+def os_catalogue(session: Session) -> OsCatalogue:
+    """Release data for the OS rules; empty until OS releases are synced or loaded."""
+    return OsCatalogue()
+
+
+# --- The run ---------------------------------------------------------------------------------------
+
+
+def start_run(database: Database, trigger: str) -> str:
+    with database.writing() as session:
+        run = ComplianceRun(id=new_id(), status="running", trigger=trigger, started_at=utcnow())
+        session.add(run)
+    return run.id
+
+
+def run_compliance(
+    database: Database,
+    trigger: str,
+    progress: Progress | None = None,
+    run_id: str | None = None,
+    now: datetime | None = None,
+) -> ComplianceRun:
+    run_id = run_id or start_run(database, trigger)
+    started = time.perf_counter()
+    now = now or utcnow()
+    with database.reading() as session:
+        device_ids = list(session.exec(select(Device.id).where(Device.state == "enrolled").order_by(Device.id)))
+    totals = {
+        "devices_evaluated": 0,
+        "compliant": 0,
+        "non_compliant": 0,
+        "unknown": 0,
+        "changed": 0,
+        "remediated": 0,
+        "quarantined": 0,
+        "released": 0,
+    }
+    try:
+        for batch in chunks(device_ids, BATCH_SIZE):
+            with database.writing() as session:
+                for key, value in _run_batch(session, batch, run_id, now).items():
+                    totals[key] += value
+            if progress:
+                progress(totals["devices_evaluated"], len(device_ids))
+    except Exception as exc:
+        _finish(database, run_id, "failed", totals, started, f"{type(exc).__name__}: {exc}")
+        raise
+    return _finish(database, run_id, "completed", totals, started, None)
+
+
+def _finish(
+    database: Database, run_id: str, status: str, totals: dict[str, int], started: float, detail: str | None
+) -> ComplianceRun:
+    with database.writing() as session:
+        run = session.get(ComplianceRun, run_id)
+        assert run is not None
+        for key, value in totals.items():
+            setattr(run, key, value)
+        run.status, run.finished_at, run.detail = status, utcnow(), detail
+        run.duration_ms = int((time.perf_counter() - started) * 1000)
+        session.add(run)
+        notify(session, "compliance.run_completed", {"run_id": run.id, **totals, "status": status})
+    log.info("compliance run %s %s", run_id, status, extra=totals)
+    return run
+
+
+def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -> dict[str, int]:
+    rules = rule_settings(session)
+    escalation = {e.category: e for e in session.exec(select(Escalation))}
+    catalogue, os = reconciler.load_catalogue(session), os_catalogue(session)
+    rows = devices.compliance_rows(session, batch)
+    facts, reported = reconciler.batch_facts(session, batch), reconciler.batch_reported(session, batch)
+    snapshots = dict(
+        session.exec(
+            select(DeviceInventory.device_id, DeviceInventory.snapshot).where(col(DeviceInventory.device_id).in_(batch))
+        ).all()
+    )
+    counts = {
+        "devices_evaluated": len(rows),
+        "compliant": 0,
+        "non_compliant": 0,
+        "unknown": 0,
+        "changed": 0,
+        "remediated": 0,
+        "quarantined": 0,
+        "released": 0,
+    }
+    changes, history, remediate, reconcile_now = [], [], [], []
+    for device_id, row in rows.items():
+        profiles, apps = reconciler.desired_for(facts[device_id], catalogue) if device_id in facts else ([], [])
+        evidence = Evidence(
+            device_id,
+            row.platform,
+            row.os_version,
+            row.last_checkin_at,
+            row.enrolled_at,
+            snapshots.get(device_id),
+            profiles,
+            apps,
+            reported[device_id],
+        )
+        status, failures = evaluate(evidence, rules, now, os)
+        counts[status] += 1
+        if any(f["rule"] in REMEDIABLE for f in failures):
+            remediate.append(device_id)
+        change = _escalate(row, status, failures, now, escalation, counts)
+        if change is not None:
+            changes.append({"b_id": device_id, **change})
+            if change["quarantined_at"] != row.quarantined_at:
+                reconcile_now.append(device_id)
+                if change["quarantined_at"] is not None:
+                    notify(session, "device.quarantined", {"device_id": device_id, "failures": failures})
+            if status != row.compliance_status or failures != row.compliance_failures:
+                history.append(
+                    {
+                        "id": new_id(),
+                        "device_id": device_id,
+                        "run_id": run_id,
+                        "status": status,
+                        "failures": failures,
+                        "changed_at": now,
+                    }
+                )
+                _notify_change(session, device_id, row.compliance_status, status, failures)
+    devices.record_compliance(session, changes, list(rows), now)
+    if history:
+        session.execute(insert(ComplianceHistory), history)
+    counts["changed"] = len(history)
+    counts["remediated"] = len(remediate)
+    # What the reconciler can put right is queued again now; quarantines and releases move the Wi-Fi.
+    desired_state.devices_changed(session, device_ids=remediate + reconcile_now)
+    return counts
+
+
+def _escalate(
+    row: Any,
+    status: str,
+    failures: list[dict[str, str]],
+    now: datetime,
+    escalation: dict[str, Escalation],
+    counts: dict[str, int],
+) -> dict[str, Any] | None:
+    failing_since = row.compliance_failing_since if status == "non_compliant" else None
+    if status == "non_compliant" and failing_since is None:
+        failing_since = now
+    quarantined_at = row.quarantined_at
+    policy = escalation.get(row.category)
+    grace_over = (
+        policy is not None
+        and failing_since is not None
+        and (failing_since <= now - timedelta(days=policy.quarantine_after_days))
+    )
+    if status == "non_compliant" and quarantined_at is None and policy is not None and policy.quarantine and grace_over:
+        quarantined_at = now
+        counts["quarantined"] += 1
+    if status == "compliant" and quarantined_at is not None:
+        quarantined_at = None  # fixed: the quarantine lifts itself
+        counts["released"] += 1
+    new = {"status": status, "failures": failures, "failing_since": failing_since, "quarantined_at": quarantined_at}
+    old = {
+        "status": row.compliance_status,
+        "failures": row.compliance_failures,
+        "failing_since": row.compliance_failing_since,
+        "quarantined_at": row.quarantined_at,
+    }
+    return None if new == old else new
+
+
+def _notify_change(session: Session, device_id: str, before: str, after: str, failures: list[dict[str, str]]) -> None:
+    if after == "non_compliant" and before != "non_compliant":
+        notify(session, "device.noncompliant", {"device_id": device_id, "failures": failures})
+    elif after == "compliant" and before == "non_compliant":
+        notify(session, "device.compliant", {"device_id": device_id})
+
+
+def notify(session: Session, event: str, data: dict[str, Any]) -> None:
+    """Signed webhooks for other systems, written in this transaction (delivered later, never waited for)."""
+    return None
+
+
+# --- Reading ---------------------------------------------------------------------------------------
+
+
+def get_run(session: Session, run_id: str) -> ComplianceRun:
+    run = session.get(ComplianceRun, run_id)
+    if run is None:
+        raise NotFound("compliance run", run_id)
+    return run
+
+
+def device_history(session: Session, device_id: str) -> list[ComplianceHistory]:
+    statement = (
+        select(ComplianceHistory)
+        .where(ComplianceHistory.device_id == device_id)
+        .order_by(col(ComplianceHistory.changed_at).desc())
+    )
+    return list(session.exec(statement))
