@@ -163,6 +163,7 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -
             select(DeviceInventory.device_id, DeviceInventory.snapshot).where(col(DeviceInventory.device_id).in_(batch))
         ).all()
     )
+    ages, ratings = _ages_and_ratings(session, rows, now) if rules["age_rating"][0] else ({}, {})
     counts = {
         "devices_evaluated": len(rows),
         "compliant": 0,
@@ -186,6 +187,8 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -
             profiles,
             apps,
             reported[device_id],
+            age=ages.get(row.person_id),
+            app_ratings=ratings,
         )
         status, failures = evaluate(evidence, rules, now, os)
         counts[status] += 1
@@ -218,6 +221,23 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -
     # What the reconciler can put right is queued again now; quarantines and releases move the Wi-Fi.
     desired_state.devices_changed(session, device_ids=remediate + reconcile_now)
     return counts
+
+
+def _ages_and_ratings(session: Session, rows: dict[str, Any], now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+    """Learners' ages and the catalogue's age ratings, for the age_rating rule (off by default)."""
+    from mdm.people.models import Person
+    from profiles.models import App
+
+    person_ids = {row.person_id for row in rows.values() if row.person_id}
+    people = session.exec(
+        select(Person.id, Person.date_of_birth).where(
+            col(Person.id).in_(person_ids), Person.kind == "learner", col(Person.date_of_birth).is_not(None)
+        )
+    )
+    today = now.date()
+    ages = {pid: today.year - born.year - ((today.month, today.day) < (born.month, born.day)) for pid, born in people}
+    ratings = dict(session.exec(select(App.identifier, App.age_rating).where(col(App.age_rating).is_not(None))).all())
+    return ages, ratings  # type: ignore[return-value]
 
 
 def _escalate(

@@ -37,7 +37,10 @@ class Tablet:
             "/api/v1/enrollment-tokens", json={"category": category, "person_id": person_id}, headers=auth(Role.admin)
         ).json()["token"]
         self.state_dir = tmp_path / serial
-        self.agent = AgentClient("http://testserver", AgentState.load(self.state_dir), http=client)
+        state = AgentState.load(self.state_dir)
+        # A healthy iPad: a passcode, encrypted, on a current iPadOS (tests change what they test).
+        state.inventory.passcode_set, state.inventory.encrypted, state.inventory.os_version = True, True, "17.5.1"
+        self.agent = AgentClient("http://testserver", state, http=client)
         self.id = self.agent.enroll(token, {"serial": serial, "platform": "ipados"}, aup_accepted=True)
 
     @property

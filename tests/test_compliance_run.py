@@ -1,0 +1,141 @@
+"""The compliance run end to end with the reference agent: verdicts, history, remediation, quarantine."""
+
+import time
+
+from sqlalchemy import text
+
+from compliance.service import run_compliance
+from mdm.actor import Role
+from tests.fleet import WIFI_FULL, Tablet, create_app, create_profile
+
+
+def device(client, auth, device_id: str) -> dict:
+    return client.get(f"/api/v1/devices/{device_id}", headers=auth(Role.admin)).json()
+
+
+def test_removed_app_is_caught_and_put_back(client, auth, tmp_path, database):
+    create_app(client, auth, "com.school.maths")
+    ipad = Tablet(client, auth, tmp_path, "IPAD1")
+    ipad.converge()
+    run = run_compliance(database, "test")
+    assert (run.devices_evaluated, run.compliant) == (1, 1)
+    ipad.inventory.remove_app("com.school.maths")  # a learner deletes it
+    ipad.agent.state.save()
+    reinstall = ipad.agent.checkin()  # the reconciler sees it at once and queues the app again...
+    assert [c["type"] for c in reinstall] == ["InstallApplication"]
+    ipad.agent.report(reinstall[0]["id"], "error", "App Store unreachable")  # ...but the install fails
+    run = run_compliance(database, "test")
+    assert run.non_compliant == 1
+    assert run.remediated == 1  # and tonight's run queues it once more
+    verdict = device(client, auth, ipad.id)["compliance"]
+    assert verdict["status"] == "non_compliant"
+    assert verdict["failures"] == [{"rule": "required_apps", "detail": "com.school.maths missing"}]
+    ipad.converge()
+    assert run_compliance(database, "test").compliant == 1
+    history = client.get(f"/api/v1/devices/{ipad.id}/compliance", headers=auth(Role.auditor)).json()["history"]
+    assert [h["status"] for h in history] == ["compliant", "non_compliant", "compliant"]
+
+
+def test_unchanged_devices_add_no_history(client, auth, tmp_path, database):
+    Tablet(client, auth, tmp_path, "IPAD1").converge()
+    run_compliance(database, "test")
+    second = run_compliance(database, "test")
+    assert second.changed == 0
+    with database.read_engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM compliance_history")).scalar_one() == 1
+
+
+def test_quarantine_after_the_grace_period_and_release_when_fixed(client, auth, tmp_path, database):
+    create_profile(client, auth, "uk.sch.example.wifi", [WIFI_FULL])
+    ipad = Tablet(client, auth, tmp_path, "IPAD1")
+    ipad.inventory.jailbroken = True
+    ipad.agent.state.save()
+    ipad.converge()
+    assert set(ipad.profiles()) == {"uk.sch.example.wifi"}
+    run_compliance(database, "test")
+    assert device(client, auth, ipad.id)["network_access"] == "full"  # failing, within the grace period
+    with database.write_engine.begin() as connection:
+        connection.execute(text("UPDATE device SET compliance_failing_since = '2020-01-01 00:00:00'"))
+    run = run_compliance(database, "test")
+    assert run.quarantined == 1
+    seen = device(client, auth, ipad.id)
+    assert seen["network_access"] == "none"
+    assert seen["compliance"]["quarantined_at"] is not None
+    ipad.converge()
+    assert ipad.profiles() == {}  # the Wi-Fi went with the network access
+    ipad.inventory.jailbroken = False
+    ipad.agent.state.save()
+    ipad.converge()
+    run = run_compliance(database, "test")
+    assert run.released == 1
+    assert device(client, auth, ipad.id)["network_access"] == "full"
+    ipad.converge()
+    assert set(ipad.profiles()) == {"uk.sch.example.wifi"}
+
+
+def test_school_categories_can_be_exempt_from_quarantine(client, auth, tmp_path, database):
+    ipad = Tablet(client, auth, tmp_path, "CART1", category="school_shared")
+    ipad.inventory.jailbroken = True
+    ipad.agent.state.save()
+    ipad.converge()
+    with database.write_engine.begin() as connection:
+        connection.execute(text("UPDATE compliance_escalation SET quarantine = false WHERE category = 'school_shared'"))
+    run_compliance(database, "test")
+    with database.write_engine.begin() as connection:
+        connection.execute(text("UPDATE device SET compliance_failing_since = '2020-01-01 00:00:00'"))
+    assert run_compliance(database, "test").quarantined == 0
+
+
+def test_rules_api_and_manual_runs(client, auth, tmp_path):
+    Tablet(client, auth, tmp_path, "IPAD1").converge()
+    rules = client.get("/api/v1/compliance/rules", headers=auth(Role.auditor)).json()["items"]
+    by_id = {rule["id"]: rule for rule in rules}
+    assert by_id["os_updates"]["params"] == {"grace_days": 14}
+    assert "Cyber Essentials" in by_id["os_updates"]["source"]
+    assert by_id["age_rating"]["enabled"] is False
+    changed = client.put(
+        "/api/v1/compliance/rules/checked_in_recently", json={"params": {"days": 3}}, headers=auth(Role.admin)
+    )
+    assert changed.json()["params"]["days"] == 3
+    bad = client.put(
+        "/api/v1/compliance/rules/checked_in_recently", json={"params": {"weeks": 1}}, headers=auth(Role.admin)
+    )
+    assert bad.status_code == 422
+    assert (
+        client.put(
+            "/api/v1/compliance/rules/passcode", json={"enabled": False}, headers=auth(Role.technician)
+        ).status_code
+        == 403
+    )
+    started = client.post("/api/v1/compliance/runs", headers=auth(Role.technician))
+    assert started.status_code == 202
+    run_id = started.json()["id"]
+    for _ in range(100):
+        run = client.get(f"/api/v1/compliance/runs/{run_id}", headers=auth(Role.auditor)).json()
+        if run["status"] != "running":
+            break
+        time.sleep(0.05)
+    assert run["status"] == "completed"
+    assert run["devices_evaluated"] == 1
+    summary = client.get("/api/v1/compliance/summary", headers=auth(Role.auditor)).json()
+    assert summary["by_status"] == {"compliant": 1}
+
+
+def test_noncompliant_csv_names_the_person_and_the_reasons(client, auth, tmp_path, database):
+    person = client.post(
+        "/api/v1/people",
+        json={"external_id": "A1", "kind": "learner", "display_name": "Ann Smith"},
+        headers=auth(Role.admin),
+    ).json()
+    ipad = Tablet(client, auth, tmp_path, "IPAD1", person_id=person["id"])
+    ipad.inventory.passcode_set = False
+    ipad.agent.state.save()
+    ipad.converge()
+    run_compliance(database, "test")
+    response = client.get("/api/v1/compliance/noncompliant.csv", headers=auth(Role.technician))
+    assert response.headers["content-type"].startswith("text/csv")
+    lines = response.text.strip().splitlines()
+    assert len(lines) == 2
+    assert "A1" in lines[1]
+    assert "Ann Smith" in lines[1]
+    assert "passcode: no passcode is set" in lines[1]
