@@ -2,7 +2,7 @@
 
 import argparse
 
-from bench import people_import, reconcile
+from bench import compliance, people_import, reconcile
 
 
 def main() -> None:
@@ -10,12 +10,15 @@ def main() -> None:
     parser.add_argument("--database-url", help="Default: a fresh SQLite file in a temporary folder.")
     parser.add_argument("--rows", type=int, default=50_000, help="People in the import benchmark.")
     parser.add_argument("--devices", type=int, default=50_000, help="Devices in the reconciler benchmark.")
-    parser.add_argument("--only", choices=["people", "reconcile"], help="Run one benchmark.")
+    parser.add_argument("--compliance-devices", type=int, default=100_000, help="Devices in the compliance benchmark.")
+    parser.add_argument("--only", choices=["people", "reconcile", "compliance"], help="Run one benchmark.")
     args = parser.parse_args()
     if args.only in (None, "people"):
         people_import.run(args.rows, args.database_url)
     if args.only in (None, "reconcile"):
         reconcile.run(args.devices, args.database_url)
+    if args.only in (None, "compliance"):
+        compliance.run(args.compliance_devices, args.database_url)
 
 
 if __name__ == "__main__":

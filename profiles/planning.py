@@ -7,6 +7,7 @@ what lets property-based tests throw thousands of random states at it.
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 ENROLLED, EXITING = "enrolled", "exiting"
 # Apple's store serves iPhone and iPad alike; other platforms have their own.
@@ -45,7 +46,7 @@ class AppSpec:
     groups: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReportedApp:
     version: str | None
     managed: bool
@@ -131,6 +132,7 @@ def same_store(app_platform: str, device_platform: str) -> bool:
     return PLATFORM_FAMILY.get(app_platform, app_platform) == PLATFORM_FAMILY.get(device_platform, device_platform)
 
 
+@lru_cache(maxsize=65536)  # a fleet reports a few hundred distinct versions, judged millions of times a night
 def version_key(version: str | None) -> tuple[tuple[int, str], ...]:
     parts = re.split(r"[.\-+]", version or "")
     return tuple((int(part), "") if part.isdigit() else (-1, part) for part in parts if part)
