@@ -17,6 +17,7 @@ MODEL_MODULES = (
     "mdm.scheduler_models",
     "enrollment.models",
     "profiles.models",
+    "compliance.webhooks.models",
 )
 
 
