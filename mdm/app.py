@@ -6,6 +6,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from compliance.webhooks import jobs as webhook_jobs
+from compliance.webhooks.api import router as webhooks_router
 from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
@@ -44,6 +46,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     channel_router,
     enrollment_router,
     profiles_router,
+    webhooks_router,
 )
 
 
@@ -55,7 +58,7 @@ def wire_domains(sealer: Sealer) -> None:
 
 
 def scheduled_jobs() -> list[JobSpec]:
-    return [*channel_jobs.JOBS, *enrollment_jobs.JOBS]
+    return [*channel_jobs.JOBS, *enrollment_jobs.JOBS, *webhook_jobs.JOBS]
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:

@@ -103,7 +103,7 @@ def test_the_scheduler_switch(settings, database):
     assert create_app(settings.model_copy(update={"scheduler": "off"}), database).state.scheduler is None
     app = create_app(settings.model_copy(update={"scheduler": "on"}), database)
     names = sorted(app.state.scheduler.specs)
-    assert names == ["forget-dead-enrolment-links", "purge-stale-nonces"]
+    assert names == ["deliver-webhooks", "forget-dead-enrolment-links", "purge-stale-nonces"]
 
 
 def test_housekeeping_forgets_dead_links_and_stale_nonces(client, auth, database):
