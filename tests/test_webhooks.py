@@ -30,6 +30,7 @@ from tests.live_server import free_port
 
 SECRET = "test-secret-0123456789abcdef"
 DAY = 24 * 3600
+RECEIVER_LIFETIME_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,14 @@ def running_receiver() -> Iterator[Receiver]:
     server = _QuietServer(("127.0.0.1", 0), Handler)
     receiver = Receiver(f"http://127.0.0.1:{server.server_address[1]}/hook/")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    watchdog = threading.Timer(RECEIVER_LIFETIME_SECONDS, server.shutdown)  # stops even if a test never returns
+    watchdog.daemon = True
     thread.start()
+    watchdog.start()
     try:
         yield receiver
     finally:
+        watchdog.cancel()
         receiver.release.set()
         server.shutdown()
         server.server_close()
