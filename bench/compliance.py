@@ -22,16 +22,38 @@ from mdm.migrate import upgrade
 from profiles.models import App, ScopeRule
 
 APPS = 60
-SNAPSHOT = {"os_version": "17.5.1", "build": "21F90", "passcode_set": True, "encrypted": True, "jailbroken": False,
-            "malware_protection": None, "apps": [], "profiles": []}
+SNAPSHOT = {
+    "os_version": "17.5.1",
+    "build": "21F90",
+    "passcode_set": True,
+    "encrypted": True,
+    "jailbroken": False,
+    "malware_protection": None,
+    "apps": [],
+    "profiles": [],
+}
 
 
 def _catalogue(session) -> list[str]:  # type: ignore[no-untyped-def]
     now = utcnow()
     ids = [new_id() for _ in range(APPS)]
-    session.execute(insert(App), [{"id": i, "identifier": f"com.school.app{n:02d}", "name": f"App {n}", "platform": "ios",
-                                    "licence": "free", "licences_total": 0, "min_version": "2.0", "created_at": now,
-                                    "updated_at": now} for n, i in enumerate(ids)])
+    session.execute(
+        insert(App),
+        [
+            {
+                "id": i,
+                "identifier": f"com.school.app{n:02d}",
+                "name": f"App {n}",
+                "platform": "ios",
+                "licence": "free",
+                "licences_total": 0,
+                "min_version": "2.0",
+                "created_at": now,
+                "updated_at": now,
+            }
+            for n, i in enumerate(ids)
+        ],
+    )
     session.execute(insert(ScopeRule), [{"owner_id": i, "kind": "category", "value": "authorised"} for i in ids])
     return ids
 
@@ -43,14 +65,36 @@ def _fleet(database, devices: int) -> None:  # type: ignore[no-untyped-def]
     for start in range(0, devices, 2000):
         with database.writing() as session:
             ids = [new_id() for _ in range(min(2000, devices - start))]
-            session.execute(insert(Device), [{"id": i, "serial": None, "platform": "ipados", "category": "authorised",
-                                              "state": "enrolled", "held": False, "compliance_status": "compliant",
-                                              "compliance_failures": [], "last_checkin_at": now, "enrolled_at": now,
-                                              "created_at": now, "updated_at": now} for i in ids])
-            session.execute(insert(DeviceInventory), [{"device_id": i, "reported_at": now, "content_hash": "x",
-                                                       "snapshot": SNAPSHOT} for i in ids])
-            apps = [{"device_id": i, "identifier": f"com.school.app{n:02d}", "version": "2.1", "managed": True}
-                    for k, i in enumerate(ids) for n in range(APPS) if not (k % 50 == 0 and n == 7)]
+            session.execute(
+                insert(Device),
+                [
+                    {
+                        "id": i,
+                        "serial": None,
+                        "platform": "ipados",
+                        "category": "authorised",
+                        "state": "enrolled",
+                        "held": False,
+                        "compliance_status": "compliant",
+                        "compliance_failures": [],
+                        "last_checkin_at": now,
+                        "enrolled_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in ids
+                ],
+            )
+            session.execute(
+                insert(DeviceInventory),
+                [{"device_id": i, "reported_at": now, "content_hash": "x", "snapshot": SNAPSHOT} for i in ids],
+            )
+            apps = [
+                {"device_id": i, "identifier": f"com.school.app{n:02d}", "version": "2.1", "managed": True}
+                for k, i in enumerate(ids)
+                for n in range(APPS)
+                if not (k % 50 == 0 and n == 7)
+            ]
             session.execute(insert(DeviceApp), apps)
     with database.writing() as session:
         refresh_statistics(session, "device", "device_app", "device_inventory", "app", "scope_rule")
@@ -63,12 +107,16 @@ def run(devices: int, database_url: str | None) -> None:
         try:
             started = time.perf_counter()
             _fleet(database, devices)
-            print(f"compliance bench: {devices:,} devices with {APPS} apps each made in {time.perf_counter() - started:.0f} s")
+            print(
+                f"compliance bench: {devices:,} devices with {APPS} apps each made in {time.perf_counter() - started:.0f} s"
+            )
             for label in ("first run", "second run (nothing changed)"):
                 began = time.perf_counter()
                 result = run_compliance(database, "bench")
-                print(f"compliance run, {result.devices_evaluated:,} devices, {label}: {time.perf_counter() - began:.1f} s "
-                      f"({result.compliant:,} compliant, {result.non_compliant:,} non-compliant, {result.changed:,} changed)")
+                print(
+                    f"compliance run, {result.devices_evaluated:,} devices, {label}: {time.perf_counter() - began:.1f} s "
+                    f"({result.compliant:,} compliant, {result.non_compliant:,} non-compliant, {result.changed:,} changed)"
+                )
         finally:
             database.dispose()
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

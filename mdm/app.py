@@ -8,6 +8,8 @@ from fastapi import APIRouter, FastAPI
 
 from compliance import jobs as compliance_jobs
 from compliance.api import router as compliance_router
+from compliance.webhooks import jobs as webhook_jobs
+from compliance.webhooks.api import router as webhooks_router
 from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
@@ -51,6 +53,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     profiles_router,
     exit_router,
     compliance_router,
+    webhooks_router,
 )
 
 
@@ -63,7 +66,13 @@ def wire_domains(sealer: Sealer) -> None:
 
 
 def scheduled_jobs(settings: Settings) -> list[JobSpec]:
-    return [*channel_jobs.JOBS, *enrollment_jobs.JOBS, *exit_jobs.jobs(settings.timezone), *compliance_jobs.JOBS]
+    return [
+        *channel_jobs.JOBS,
+        *enrollment_jobs.JOBS,
+        *exit_jobs.jobs(settings.timezone),
+        *compliance_jobs.JOBS,
+        *webhook_jobs.JOBS,
+    ]
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:

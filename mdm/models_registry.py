@@ -19,6 +19,7 @@ MODEL_MODULES = (
     "profiles.models",
     "exit_process.models",
     "compliance.models",
+    "compliance.webhooks.models",
 )
 
 

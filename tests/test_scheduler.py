@@ -106,6 +106,7 @@ def test_the_scheduler_switch(settings, database):
     assert names == [
         "advance-open-exits",
         "compliance-nightly",
+        "deliver-webhooks",
         "forget-dead-enrolment-links",
         "purge-stale-nonces",
         "start-due-exits",

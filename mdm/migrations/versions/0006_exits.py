@@ -16,7 +16,7 @@ import mdm.database
 from sqlalchemy.dialects import postgresql
 
 revision: str = '0006'
-down_revision: str | None = '0004'
+down_revision: str | None = '0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,4 @@
+"""Signed webhooks: other systems hear about compliance, enrolment and exit events as they happen.
+
+Other domains call `service.emit` inside their own transaction; `jobs.deliver_due` sends the outbox.
+"""

@@ -1,0 +1,59 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
+
+from compliance.webhooks import service
+from compliance.webhooks.models import (
+    DeliveryPublic,
+    DeliveryStatus,
+    Webhook,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookDelivery,
+    WebhookPublic,
+)
+from mdm.actor import Role
+from mdm.dependencies import AppSealer, ReadSession, WriteSession, allow
+from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+
+router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+Admin = allow(Role.admin)
+Readers = allow(Role.admin, Role.auditor)
+Paging = Annotated[PageParams, Depends(page_params)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated)
+def create_webhook(data: WebhookCreate, session: WriteSession, actor: Admin, sealer: AppSealer) -> WebhookCreated:
+    """Subscribes a URL to events. Each POST to it is signed with the secret, which this answer alone shows."""
+    return service.create_webhook(session, data, actor, sealer)
+
+
+@router.get("", response_model=Page[WebhookPublic])
+def list_webhooks(session: ReadSession, _actor: Readers, page: Paging) -> Page[WebhookPublic]:
+    rows = session.exec(keyset(service.webhooks_query(), Webhook.id, page)).all()  # type: ignore[arg-type,call-overload]
+    items, cursor = page_of(rows, page, lambda webhook: webhook.id)
+    return Page(items=[service.to_public(webhook) for webhook in items], next_cursor=cursor)
+
+
+@router.get("/{webhook_id}", response_model=WebhookPublic)
+def get_webhook(webhook_id: str, session: ReadSession, _actor: Readers) -> WebhookPublic:
+    return service.to_public(service.get_webhook(session, webhook_id))
+
+
+@router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_webhook(webhook_id: str, session: WriteSession, actor: Admin) -> Response:
+    """Stops the webhook at once: deliveries still waiting are cancelled."""
+    service.delete_webhook(session, webhook_id, actor)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{webhook_id}/deliveries", response_model=Page[DeliveryPublic])
+def list_deliveries(
+    webhook_id: str, session: ReadSession, _actor: Readers, page: Paging, status: DeliveryStatus | None = None
+) -> Page[DeliveryPublic]:
+    """The delivery log, newest first: attempts, the receiver's last status code, the next attempt, the last error."""
+    service.get_webhook(session, webhook_id)
+    statement = keyset(service.deliveries_query(webhook_id, status), WebhookDelivery.id, page, descending=True)  # type: ignore[arg-type]
+    rows = session.exec(statement).all()  # type: ignore[call-overload]
+    items, cursor = page_of(rows, page, lambda delivery: delivery.id)
+    return Page(items=[DeliveryPublic.model_validate(d, from_attributes=True) for d in items], next_cursor=cursor)

@@ -1,0 +1,122 @@
+"""Sending the webhook outbox: every minute, and by `deliver_due` wherever it is called.
+
+Each batch: claim due rows and commit; send them, in parallel, outside any transaction; record the
+results in a new transaction. A slow or dead receiver therefore holds no lock and delays no request,
+no compliance run and no other receiver for longer than one timeout per batch.
+"""
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+
+from compliance.webhooks import service
+from compliance.webhooks.models import DeliveryStatus
+from mdm.database import Database
+from mdm.ids import utcnow
+from mdm.scheduler import JobContext, JobSpec
+from mdm.sealing import Sealer, SealError
+from mdm.settings import get_settings
+
+SEND_TIMEOUT_SECONDS = 10.0
+BATCH_SIZE = 10
+PARALLEL_SENDS = 8
+# Stop claiming new batches after this long, so one run ends before the next minute's begins.
+TIME_BUDGET_SECONDS = 45.0
+USER_AGENT = "school-mdm-webhooks/1"
+
+
+@dataclass
+class DeliveryReport:
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+    lost: int = 0  # claims lost meanwhile (webhook deleted, lease taken over): results dropped
+
+    def __str__(self) -> str:
+        text = f"delivered {self.delivered}, retrying {self.retrying}, gave up on {self.failed}"
+        return text + (f", {self.lost} claim(s) lost" if self.lost else "")
+
+
+def deliver_due(
+    database: Database,
+    sealer: Sealer,
+    *,
+    now: datetime | None = None,
+    timeout: float = SEND_TIMEOUT_SECONDS,
+    batch_size: int = BATCH_SIZE,
+    keep_alive: Callable[[], None] | None = None,
+) -> DeliveryReport:
+    """Sends every delivery due now, batch after batch, until none is left or the time budget is spent.
+
+    `now` fixes the clock (tests replay a day of retries with it); `keep_alive` is called after each
+    batch (the scheduler's lease renewal).
+    """
+    report = DeliveryReport()
+    started = time.monotonic()
+    with httpx.Client(timeout=timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT}) as client:
+        while time.monotonic() - started < TIME_BUDGET_SECONDS:
+            with database.writing() as session:
+                claimed = service.claim_due(session, now or utcnow(), batch_size)
+            if not claimed:
+                break
+            with ThreadPoolExecutor(max_workers=min(PARALLEL_SENDS, len(claimed))) as pool:
+                outcomes = list(pool.map(lambda item: send(client, sealer, item, now or utcnow()), claimed))
+            finished = now or utcnow()
+            with database.writing() as session:
+                for item, outcome in zip(claimed, outcomes, strict=True):
+                    _count(report, service.record_attempt(session, item, outcome, finished))
+            if keep_alive is not None:
+                keep_alive()
+    return report
+
+
+def send(client: httpx.Client, sealer: Sealer, claimed: service.Claimed, now: datetime) -> service.Outcome:
+    """One signed POST. Never raises: every failure becomes the attempt's recorded error."""
+    try:
+        secret = sealer.open(claimed.sealed_secret)
+    except SealError as exc:
+        return service.Outcome(None, f"the webhook's secret could not be unsealed: {exc}")
+    timestamp = int(now.timestamp())
+    headers = {
+        "Content-Type": "application/json",
+        "X-MDM-Webhook-Id": claimed.event_id,
+        "X-MDM-Webhook-Timestamp": str(timestamp),
+        "X-MDM-Webhook-Signature": service.sign(secret, timestamp, claimed.body),
+    }
+    try:
+        # Streamed and never read: only the status matters, so a receiver's body cannot hold us up.
+        with client.stream("POST", claimed.url, content=claimed.body.encode(), headers=headers) as response:
+            code, location = response.status_code, response.headers.get("location")
+    except httpx.TimeoutException:
+        return service.Outcome(None, f"no answer within {client.timeout.read:g} s")
+    except httpx.HTTPError as exc:
+        return service.Outcome(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    if 200 <= code < 300:
+        return service.Outcome(code, None)
+    if 300 <= code < 400:
+        return service.Outcome(code, f"HTTP {code}: redirects are not followed (to {location}); fix the URL")
+    return service.Outcome(code, f"HTTP {code}")
+
+
+def _count(report: DeliveryReport, status: DeliveryStatus | None) -> None:
+    if status is DeliveryStatus.delivered:
+        report.delivered += 1
+    elif status is DeliveryStatus.failed:
+        report.failed += 1
+    elif status is DeliveryStatus.pending:
+        report.retrying += 1
+    else:
+        report.lost += 1
+
+
+def deliver_webhooks(context: JobContext) -> str:
+    # The secrets are sealed under the data directory's key: the same settings `mdm serve` runs with.
+    sealer = Sealer.load_or_create(get_settings().data_dir)
+    return str(deliver_due(context.database, sealer, keep_alive=context.still_running))
+
+
+JOBS = [JobSpec(name="deliver-webhooks", cron="* * * * *", work=deliver_webhooks)]
