@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
 from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate
+from compliance.webhooks.service import emit, emit_many
 from mdm import desired_state
 from mdm.csv_import import chunks
 from mdm.database import Database
@@ -175,6 +176,7 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -
         "released": 0,
     }
     changes, history, remediate, reconcile_now = [], [], [], []
+    events: list[tuple[str, dict[str, Any]]] = []
     for device_id, row in rows.items():
         profiles, apps = reconciler.desired_for(facts[device_id], catalogue) if device_id in facts else ([], [])
         evidence = Evidence(
@@ -200,7 +202,7 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -
             if change["quarantined_at"] != row.quarantined_at:
                 reconcile_now.append(device_id)
                 if change["quarantined_at"] is not None:
-                    notify(session, "device.quarantined", {"device_id": device_id, "failures": failures})
+                    events.append(("device.quarantined", {"device_id": device_id, "failures": failures}))
             if status != row.compliance_status or failures != row.compliance_failures:
                 history.append(
                     {
@@ -212,10 +214,12 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -
                         "changed_at": now,
                     }
                 )
-                _notify_change(session, device_id, row.compliance_status, status, failures)
+                events.extend(_change_events(device_id, row.compliance_status, status, failures))
     devices.record_compliance(session, changes, list(rows), now)
     if history:
         session.execute(insert(ComplianceHistory), history)
+    if events:
+        emit_many(session, events)  # one query and one insert for the whole batch's webhooks
     counts["changed"] = len(history)
     counts["remediated"] = len(remediate)
     # What the reconciler can put right is queued again now; quarantines and releases move the Wi-Fi.
@@ -274,16 +278,19 @@ def _escalate(
     return None if new == old else new
 
 
-def _notify_change(session: Session, device_id: str, before: str, after: str, failures: list[dict[str, str]]) -> None:
+def _change_events(
+    device_id: str, before: str, after: str, failures: list[dict[str, str]]
+) -> list[tuple[str, dict[str, Any]]]:
     if after == "non_compliant" and before != "non_compliant":
-        notify(session, "device.noncompliant", {"device_id": device_id, "failures": failures})
-    elif after == "compliant" and before == "non_compliant":
-        notify(session, "device.compliant", {"device_id": device_id})
+        return [("device.noncompliant", {"device_id": device_id, "failures": failures})]
+    if after == "compliant" and before == "non_compliant":
+        return [("device.compliant", {"device_id": device_id})]
+    return []
 
 
 def notify(session: Session, event: str, data: dict[str, Any]) -> None:
     """Signed webhooks for other systems, written in this transaction (delivered later, never waited for)."""
-    return None
+    emit(session, event, data)
 
 
 # --- Reading ---------------------------------------------------------------------------------------

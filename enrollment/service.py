@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from compliance.webhooks import service as webhooks
 from enrollment.ca import CertificateAuthority, CSRError
 from enrollment.models import (
     EnrollmentToken,
@@ -217,6 +218,11 @@ def enroll(
     }
     record(session, actor, "device.enroll", "device", device.id, summary)
     desired_state.devices_changed(session, device_ids=[device.id])
+    webhooks.emit(
+        session,
+        "device.enrolled",
+        {"device_id": device.id, "serial": device.serial, "category": category.value, "person_id": device.person_id},
+    )
     return EnrollResponse(
         device_id=device.id,
         certificate=issued.pem,

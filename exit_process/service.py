@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from compliance.webhooks import service as webhooks
 from enrollment import service as enrollment
 from exit_process.models import (
     FINISHED_STEPS,
@@ -216,13 +217,14 @@ def advance_case(session: Session, case: ExitCase) -> None:
     """Recomputes every step from the facts; queues RemoveMDM or EraseDevice when their turn comes."""
     if case.status != CaseStatus.in_progress.value:
         return
+    before = {s.id: s.status for s in session.exec(select(ExitStep).where(ExitStep.case_id == case.id))}
     for exit_device in session.exec(select(ExitDevice).where(ExitDevice.case_id == case.id)):
         steps = _steps(session, case.id, exit_device.device_id)
         if exit_device.ownership == "personal":
             _advance_personal(session, case, exit_device, steps)
         else:
             _advance_school(session, case, exit_device, steps)
-    _settle_case(session, case)
+    _settle_case(session, case, before)
 
 
 def _steps(session: Session, case_id: str, device_id: str) -> dict[str, ExitStep]:
@@ -395,10 +397,22 @@ def _ack(command: Command) -> dict[str, Any]:
     }
 
 
-def _settle_case(session: Session, case: ExitCase) -> None:
+def _settle_case(session: Session, case: ExitCase, before: dict[str, str]) -> None:
     steps = list(session.exec(select(ExitStep).where(ExitStep.case_id == case.id)))
     for step in steps:
         session.add(step)
+        if step.status == StepStatus.failed.value and before.get(step.id) != StepStatus.failed.value:
+            webhooks.emit(
+                session,
+                "exit.step_failed",
+                {
+                    "case_id": case.id,
+                    "person_id": case.person_id,
+                    "device_id": step.device_id,
+                    "step": step.kind,
+                    "detail": step.detail,
+                },
+            )
     if not all(step.status in FINISHED_STEPS for step in steps):
         return
     manual = any(step.status == StepStatus.done_manually.value for step in steps)
@@ -406,6 +420,7 @@ def _settle_case(session: Session, case: ExitCase) -> None:
     case.completed_at = utcnow()
     session.add(case)
     record(session, SYSTEM, "exit.complete", "exit_case", case.id, {"status": case.status})
+    webhooks.emit(session, "exit.completed", {"case_id": case.id, "person_id": case.person_id, "status": case.status})
 
 
 # --- Device answers, hand-ins and forcing ----------------------------------------------------------
