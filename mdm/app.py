@@ -3,6 +3,8 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI
 
@@ -66,6 +68,11 @@ def wire_domains(sealer: Sealer) -> None:
 
 
 def scheduled_jobs(settings: Settings) -> list[JobSpec]:
+    lease = timedelta(seconds=settings.job_lease_seconds)
+    return [replace(spec, lease=lease) for spec in _all_jobs(settings)]
+
+
+def _all_jobs(settings: Settings) -> list[JobSpec]:
     return [
         *channel_jobs.JOBS,
         *enrollment_jobs.JOBS,

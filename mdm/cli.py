@@ -28,6 +28,9 @@ token_app = typer.Typer(help="API tokens for people and integrations.", no_args_
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 people_app = typer.Typer(help="People from the school's MIS.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="Scheduled jobs: what runs when, and running one now as the scheduler would.", no_args_is_help=True
+)
 agent_app = typer.Typer(
     help="The reference device agent: play a device against a server (for testing and demonstrations).",
     no_args_is_help=True,
@@ -41,6 +44,7 @@ for sub, name in (
     (devices_app, "devices"),
     (ca_app, "ca"),
     (agent_app, "agent"),
+    (jobs_app, "jobs"),
 ):
     app.add_typer(sub, name=name)
 
@@ -321,6 +325,61 @@ def ca_show(
     typer.echo(f"files:        {(settings.data_dir / 'ca').resolve()}")
     with _database(settings) as database, database.reading() as session:
         typer.echo(f"CRL number:   {current_crl_number(session)}  (served at /api/v1/pki/crl)")
+
+
+# --- scheduled jobs --------------------------------------------------------------------------------
+
+
+@jobs_app.command("list")
+def jobs_list() -> None:
+    """Every scheduled job and its times (crontab fields, in MDM_TIMEZONE)."""
+    from mdm.app import scheduled_jobs
+
+    for spec in scheduled_jobs(get_settings()):
+        typer.echo(f"{spec.name:32} {spec.cron}")
+
+
+@jobs_app.command("run")
+def jobs_run(
+    name: Annotated[str, typer.Argument(help="The job, as `mdm jobs list` names it.")],
+    slot: Annotated[
+        str | None, typer.Option(help="The time slot to claim (ISO 8601); default: the latest due.")
+    ] = None,
+) -> None:
+    """Run a job for a slot the way a replica's scheduler does: only if no other replica has claimed it."""
+    from datetime import timedelta
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    from mdm.app import scheduled_jobs, wire_domains
+    from mdm.ids import utcnow
+    from mdm.scheduler import run_slot, slot_for
+    from mdm.sealing import Sealer
+
+    settings = get_settings()
+    specs = {spec.name: spec for spec in scheduled_jobs(settings)}
+    if name not in specs:
+        _fail(f"no job {name!r}; `mdm jobs list` shows them.")
+    wire_domains(Sealer.load_or_create(settings.data_dir))
+    trigger = CronTrigger.from_crontab(specs[name].cron, timezone=settings.timezone)
+    slot = slot or slot_for(trigger, utcnow(), lookback=timedelta(days=8))
+    with _database(settings) as database:
+        ran = run_slot(database, specs[name], slot)
+    typer.echo(f"{name} for {slot}: {'ran here' if ran else 'claimed by another replica; nothing to do'}")
+
+
+@jobs_app.command("resume")
+def jobs_resume() -> None:
+    """Take over and finish runs whose replica died (their lease ran out), as every replica's watcher does."""
+    from mdm.app import scheduled_jobs, wire_domains
+    from mdm.scheduler import resume_abandoned
+    from mdm.sealing import Sealer
+
+    settings = get_settings()
+    wire_domains(Sealer.load_or_create(settings.data_dir))
+    with _database(settings) as database:
+        resumed = resume_abandoned(database, {spec.name: spec for spec in scheduled_jobs(settings)})
+    typer.echo(f"{resumed} abandoned run(s) taken over and finished.")
 
 
 # --- the reference agent ---------------------------------------------------------------------------

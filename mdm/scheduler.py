@@ -184,10 +184,10 @@ class Scheduler:
         self._scheduler.shutdown(wait=False)
 
 
-def slot_for(trigger: CronTrigger, now: datetime) -> str:
+def slot_for(trigger: CronTrigger, now: datetime, lookback: timedelta = SLOT_LOOKBACK) -> str:
     """The scheduled time this firing belongs to, in UTC: the same on every replica, even a late one."""
     latest = None
-    moment = trigger.get_next_fire_time(None, now - SLOT_LOOKBACK)
+    moment = trigger.get_next_fire_time(None, now - lookback)
     while moment is not None and moment <= now + CLOCK_TOLERANCE:
         latest = moment
         moment = trigger.get_next_fire_time(moment, moment + timedelta(seconds=1))

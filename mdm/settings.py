@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     checkin_interval_seconds: int = Field(14400, ge=60)
     # A command delivered but unanswered this long is delivered again at the next check-in.
     command_redelivery_seconds: int = Field(900, ge=10)
+    # How long a replica's claim on a scheduled job outlives its last sign of life before another takes over.
+    job_lease_seconds: int = Field(300, ge=1, le=86400)
     log_json: bool = False
     log_level: str = "INFO"
 

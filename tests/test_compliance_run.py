@@ -142,11 +142,23 @@ def test_noncompliant_csv_names_the_person_and_the_reasons(client, auth, tmp_pat
 
 
 def test_webhooks_are_queued_for_compliance_and_exit_events(client, auth, tmp_path, database):
-    hook = client.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": [
-        "device.enrolled", "device.noncompliant", "device.compliant", "compliance.run_completed", "exit.completed"]},
-        headers=auth(Role.admin)).json()
-    person = client.post("/api/v1/people", json={"external_id": "A1", "kind": "learner", "display_name": "Ann"},
-                         headers=auth(Role.admin)).json()
+    hook = client.post(
+        "/api/v1/webhooks",
+        json={
+            "url": "http://127.0.0.1:9/hook",
+            "events": [
+                "device.enrolled",
+                "device.noncompliant",
+                "device.compliant",
+                "compliance.run_completed",
+                "exit.completed",
+            ],
+        },
+        headers=auth(Role.admin),
+    ).json()
+    person = client.post(
+        "/api/v1/people", json={"external_id": "A1", "kind": "learner", "display_name": "Ann"}, headers=auth(Role.admin)
+    ).json()
     ipad = Tablet(client, auth, tmp_path, "IPAD1", person_id=person["id"])
     ipad.inventory.passcode_set = False
     ipad.agent.state.save()
@@ -154,6 +166,8 @@ def test_webhooks_are_queued_for_compliance_and_exit_events(client, auth, tmp_pa
     run_compliance(database, "test")
     client.post("/api/v1/exits", json={"person_id": person["id"]}, headers=auth(Role.admin))
     ipad.agent.run_once()
-    deliveries = client.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100", headers=auth(Role.admin)).json()["items"]
+    deliveries = client.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100", headers=auth(Role.admin)).json()[
+        "items"
+    ]
     types = sorted(d["event_type"] for d in deliveries)
     assert types == ["compliance.run_completed", "device.enrolled", "device.noncompliant", "exit.completed"]
