@@ -6,6 +6,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from compliance.os_releases import jobs as os_release_jobs
+from compliance.os_releases.api import router as os_releases_router
 from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
@@ -48,6 +50,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     enrollment_router,
     profiles_router,
     exit_router,
+    os_releases_router,
 )
 
 
@@ -60,7 +63,12 @@ def wire_domains(sealer: Sealer) -> None:
 
 
 def scheduled_jobs(settings: Settings) -> list[JobSpec]:
-    return [*channel_jobs.JOBS, *enrollment_jobs.JOBS, *exit_jobs.jobs(settings.timezone)]
+    return [
+        *channel_jobs.JOBS,
+        *enrollment_jobs.JOBS,
+        *exit_jobs.jobs(settings.timezone),
+        *os_release_jobs.jobs(settings),
+    ]
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:

@@ -18,6 +18,7 @@ MODEL_MODULES = (
     "enrollment.models",
     "profiles.models",
     "exit_process.models",
+    "compliance.os_releases.models",
 )
 
 

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     checkin_interval_seconds: int = Field(14400, ge=60)
     # A command delivered but unanswered this long is delivered again at the next check-in.
     command_redelivery_seconds: int = Field(900, ge=10)
+    # OS release data for compliance (the macadmins SOFA feeds); an empty value turns that feed off.
+    os_feed_ios_url: str = Field(
+        "https://sofafeed.macadmins.io/v1/ios_data_feed.json", description="Fills both iOS and iPadOS."
+    )
+    os_feed_macos_url: str = "https://sofafeed.macadmins.io/v1/macos_data_feed.json"
     log_json: bool = False
     log_level: str = "INFO"
 

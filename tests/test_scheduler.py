@@ -103,7 +103,13 @@ def test_the_scheduler_switch(settings, database):
     assert create_app(settings.model_copy(update={"scheduler": "off"}), database).state.scheduler is None
     app = create_app(settings.model_copy(update={"scheduler": "on"}), database)
     names = sorted(app.state.scheduler.specs)
-    assert names == ["advance-open-exits", "forget-dead-enrolment-links", "purge-stale-nonces", "start-due-exits"]
+    assert names == [
+        "advance-open-exits",
+        "forget-dead-enrolment-links",
+        "purge-stale-nonces",
+        "start-due-exits",
+        "sync-os-releases",
+    ]
 
 
 def test_housekeeping_forgets_dead_links_and_stale_nonces(client, auth, database):
