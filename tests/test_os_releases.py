@@ -164,7 +164,8 @@ def _load(database, document: object):  # type: ignore[no-untyped-def]
 
 def test_versions_order_as_people_read_them():
     ordered = ["17", "17.5", "17.5.1", "17.6", "17.10", "18.0.1", "18.1", "100.0"]
-    assert sorted(reversed(ordered), key=version_key) == ordered
+    shuffled = ["18.1", "17.10", "100.0", "17.5.1", "17", "18.0.1", "17.6", "17.5"]
+    assert sorted(shuffled, key=version_key) == ordered
     assert version_key("17.5") < version_key("17.5.1") < version_key("17.6") < version_key("18.0")
     assert version_key("18") == version_key("18.0") == version_key("18.0.0")
     assert version_key("17.9") < version_key("17.10")  # numbers, not text
@@ -269,9 +270,12 @@ def test_an_unreachable_feed_is_refused_clearly(database):
     def unreachable() -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused")
 
-    with pytest.raises(FeedError, match="Could not fetch") as refused, feed_client({IOS_URL: unreachable}) as http:
-        with database.writing() as session:
-            service.sync_from_feed(session, IOS_URL, http, ["ios"])
+    with (
+        pytest.raises(FeedError, match="Could not fetch") as refused,
+        feed_client({IOS_URL: unreachable}) as http,
+        database.writing() as session,
+    ):
+        service.sync_from_feed(session, IOS_URL, http, ["ios"])
     assert "Connection refused" in refused.value.detail
     assert _state(database)[0] == []
 
@@ -359,7 +363,10 @@ def test_the_set_wise_answers_agree_with_the_single_device_ones(ios_lines):
 
 def test_minimum_supported_from_the_feed_an_admin_and_back(database):
     _sync(database)
-    _load(database, {"minimum_supported": [{"platform": "ios", "version": "17"}, {"platform": "android", "version": "12"}]})
+    _load(
+        database,
+        {"minimum_supported": [{"platform": "ios", "version": "17"}, {"platform": "android", "version": "12"}]},
+    )
     result = _sync(database)  # the feed keeps the admin's choice
     assert result.minimum_kept == {"ios": "17"}
     assert result.minimum_supported == {"ipados": "16"}
