@@ -5,11 +5,13 @@ versions alike.
 """
 
 import re
+from functools import lru_cache
 
 VersionKey = tuple[tuple[int, str], ...]
 _ZERO = (0, "")
 
 
+@lru_cache(maxsize=65536)  # a fleet reports a few hundred distinct versions, judged millions of times a night
 def version_key(version: str | None) -> VersionKey:
     """A sort key: numeric parts compare as numbers, and trailing zeros do not count ("18" == "18.0").
 
