@@ -280,6 +280,17 @@ def test_an_unreachable_feed_is_refused_clearly(database):
     assert _state(database)[0] == []
 
 
+def test_a_feed_too_large_is_refused_before_it_is_all_read(database, monkeypatch):
+    monkeypatch.setattr(service, "MAX_FEED_BYTES", 1000)
+    with (
+        pytest.raises(FeedError, match="larger than"),
+        feed_client({IOS_URL: serving(ios_feed())}) as http,
+        database.writing() as session,
+    ):
+        service.sync_from_feed(session, IOS_URL, http, ["ios"])
+    assert _state(database)[0] == []
+
+
 def test_entries_with_missing_fields_are_left_out_and_counted(database):
     feed = ios_feed()
     releases = feed["OSVersions"][1]["SecurityReleases"]  # type: ignore[index]

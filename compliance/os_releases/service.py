@@ -51,6 +51,7 @@ DEFAULT_GRACE_DAYS = 14  # Cyber Essentials: high and critical updates within 14
 MANUAL_SOURCES = frozenset({ReleaseSource.file, ReleaseSource.api})
 USER_AGENT = "school-mdm/0.1 (OS release sync)"  # SOFA asks integrations to name themselves
 FEED_TIMEOUT_SECONDS = 30
+MAX_FEED_BYTES = 64 * 2**20  # SOFA's macOS feed, the larger, is a few MB
 MAX_REPORTED_ERRORS = 1000
 
 LineKey = tuple[str, str]  # (platform, os_line)
@@ -280,14 +281,22 @@ def feed_client() -> httpx.Client:
 
 
 def fetch_feed(url: str, http: httpx.Client) -> Any:
+    """The feed's JSON, read up to MAX_FEED_BYTES so that a wrong URL cannot exhaust the memory."""
+    content = bytearray()
     try:
-        response = http.get(url)
-        response.raise_for_status()
+        with http.stream("GET", url) as response:
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                content += chunk
+                if len(content) > MAX_FEED_BYTES:
+                    raise FeedError(
+                        f"The feed at {url} is larger than {MAX_FEED_BYTES // 2**20} MB: is it the right URL?"
+                    )
     except httpx.HTTPStatusError as exc:
         raise FeedError(f"The feed at {url} answered HTTP {exc.response.status_code}.") from exc
     except httpx.HTTPError as exc:
         raise FeedError(f"Could not fetch the feed at {url}: {exc or type(exc).__name__}.") from exc
-    return decode_feed(response.content, url)
+    return decode_feed(bytes(content), url)
 
 
 def sync_from_feed(
