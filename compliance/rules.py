@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from profiles.planning import AppSpec, ProfileSpec, Reported, meets_minimum, version_key
+from compliance.os_releases.service import line_of, required_from
+from mdm.versions import meets_minimum, version_key
+from profiles.planning import AppSpec, ProfileSpec, Reported
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,6 @@ def _profiles_present(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCa
     return "; ".join(problems) or None
 
 
-def os_line(version: str) -> str:
-    return version.split(".", 1)[0]
-
-
 def _os_supported(e: Evidence, _p: dict[str, Any], _now: datetime, os: OsCatalogue) -> str | None:
     minimum = os.minimum.get(e.platform)
     if minimum is None or not e.os_version:
@@ -142,14 +140,14 @@ def _os_supported(e: Evidence, _p: dict[str, Any], _now: datetime, os: OsCatalog
 def _os_updates(e: Evidence, p: dict[str, Any], now: datetime, os: OsCatalogue) -> str | None:
     if not e.os_version:
         return None
-    cutoff = now - timedelta(days=int(p.get("grace_days", 14)))
-    due = [(v, at) for v, at in os.releases.get((e.platform, os_line(e.os_version)), []) if at < cutoff]
-    if not due:
+    grace = int(p.get("grace_days", 14))
+    lines = [line for platform, line in os.releases if platform == e.platform]
+    releases = os.releases.get((e.platform, line_of(e.os_version, lines)), [])
+    required = required_from(releases, e.os_version, now, grace)
+    if required is None:
         return None
-    version, released = max(due, key=lambda item: version_key(item[0]))
-    if version_key(e.os_version) < version_key(version):
-        return f"{e.os_version} is behind {version}, released {released:%Y-%m-%d}, more than {p.get('grace_days', 14)} days ago"
-    return None
+    released = dict(releases)[required]
+    return f"{e.os_version} is behind {required}, released {released:%Y-%m-%d}, more than {grace} days ago"
 
 
 def _passcode(e: Evidence, p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:

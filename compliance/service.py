@@ -18,6 +18,7 @@ from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
+from compliance.os_releases import service as os_releases
 from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate
 from compliance.webhooks.service import emit, emit_many
 from mdm import desired_state
@@ -88,8 +89,10 @@ def update_rule(session: Session, rule_id: str, change: RuleUpdate, actor: Any) 
 
 
 def os_catalogue(session: Session) -> OsCatalogue:
-    """Release data for the OS rules; empty until OS releases are synced or loaded."""
-    return OsCatalogue()
+    """Release data for the OS rules (empty until `mdm os-releases sync` or a loaded file fills it)."""
+    return OsCatalogue(
+        minimum=os_releases.minimum_supported_all(session), releases=os_releases.releases_by_line(session)
+    )
 
 
 # --- The run ---------------------------------------------------------------------------------------

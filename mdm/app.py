@@ -10,6 +10,8 @@ from fastapi import APIRouter, FastAPI
 
 from compliance import jobs as compliance_jobs
 from compliance.api import router as compliance_router
+from compliance.os_releases import jobs as os_release_jobs
+from compliance.os_releases.api import router as os_releases_router
 from compliance.webhooks import jobs as webhook_jobs
 from compliance.webhooks.api import router as webhooks_router
 from enrollment import jobs as enrollment_jobs
@@ -56,6 +58,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     exit_router,
     compliance_router,
     webhooks_router,
+    os_releases_router,
 )
 
 
@@ -79,6 +82,7 @@ def _all_jobs(settings: Settings) -> list[JobSpec]:
         *exit_jobs.jobs(settings.timezone),
         *compliance_jobs.JOBS,
         *webhook_jobs.JOBS,
+        *os_release_jobs.jobs(settings),
     ]
 
 

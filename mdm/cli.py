@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mdm.actor import Role, cli_actor
+from mdm.categories import Platform
 from mdm.database import Database, open_database
 from mdm.errors import Invalid, ProblemError
 from mdm.settings import Settings, get_settings
@@ -36,6 +37,11 @@ agent_app = typer.Typer(
     no_args_is_help=True,
 )
 ca_app = typer.Typer(help="The school's certificate authority (device identities and the CRL).", no_args_is_help=True)
+os_releases_app = typer.Typer(
+    help="OS release data for compliance: which versions each OS line has had, and the oldest still supported.\n\n"
+    "Apple's come from the macadmins SOFA feeds, synced daily at 04:30; load a file for other platforms.",
+    no_args_is_help=True,
+)
 for sub, name in (
     (db_app, "db"),
     (token_app, "token"),
@@ -45,6 +51,7 @@ for sub, name in (
     (ca_app, "ca"),
     (agent_app, "agent"),
     (jobs_app, "jobs"),
+    (os_releases_app, "os-releases"),
 ):
     app.add_typer(sub, name=name)
 
@@ -380,6 +387,99 @@ def jobs_resume() -> None:
     with _database(settings) as database:
         resumed = resume_abandoned(database, {spec.name: spec for spec in scheduled_jobs(settings)})
     typer.echo(f"{resumed} abandoned run(s) taken over and finished.")
+
+
+# --- OS releases -----------------------------------------------------------------------------------
+
+
+@os_releases_app.command("sync")
+def os_releases_sync() -> None:
+    """Fetch the SOFA feeds now, as the daily job does, and print what changed for each.
+
+    MDM_OS_FEED_IOS_URL (it fills iOS and iPadOS) and MDM_OS_FEED_MACOS_URL name the feeds; set one to
+    an empty value to turn it off. A feed that fails is named and the others are still synced (exit 1).
+    """
+    from compliance.os_releases.service import describe, feed_client, sync_configured_feeds
+
+    settings = get_settings()
+    with _database(settings) as database, feed_client() as http:
+        outcomes = sync_configured_feeds(database, settings, http, actor=cli_actor())
+    if not outcomes:
+        _fail("no OS release feed is configured: set MDM_OS_FEED_IOS_URL or MDM_OS_FEED_MACOS_URL.")
+    for outcome in outcomes:
+        if outcome.error:
+            err.print(f"[red]error:[/red] {describe(outcome)}", highlight=False)
+            continue
+        typer.echo(describe(outcome))
+        for warning in outcome.result.warnings if outcome.result else []:
+            err.print(f"  left out: {warning}", highlight=False)
+    if any(outcome.error for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+@os_releases_app.command("load")
+def os_releases_load(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help='JSON: {"releases": [{"platform": "android", "version": "14.0", "os_line": "14", '
+            '"released_at": "2023-10-04", "security": true, "build": "UP1A.231005.007"}], '
+            '"minimum_supported": [{"platform": "android", "version": "12"}]}. os_line (default: the '
+            "first number of the version), security (default false) and build are optional; a bare list "
+            "of releases is fine too.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+) -> None:
+    """Load OS releases and oldest supported versions for any platform (Android, Windows, ChromeOS...).
+
+    Upserts releases by platform and version. Any bad entry: all are listed and nothing is written.
+    A minimum supported version loaded here is kept by the daily feed sync; "version": null forgets it.
+    """
+    from compliance.os_releases.service import load_file
+
+    with _database() as database, database.writing() as session:
+        result = load_file(session, file, actor=cli_actor())
+    typer.echo(json.dumps(result.model_dump()))
+
+
+@os_releases_app.command("list")
+def os_releases_list(
+    platform: Annotated[
+        Platform | None, typer.Option(help="Only this platform: ios, ipados, macos, android, windows or chromeos.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List known OS releases (newest first) and each platform's oldest supported version."""
+    from compliance.os_releases.service import list_releases, list_support, support_to_public, to_public
+
+    with _database() as database, database.reading() as session:
+        releases = [to_public(row) for row in list_releases(session, platform.value if platform else None)]
+        support = [support_to_public(row) for row in list_support(session)]
+    support = [row for row in support if platform is None or row.platform == platform]
+    if as_json:
+        for item in [*releases, *support]:
+            typer.echo(item.model_dump_json())
+        return
+    table = Table("platform", "line", "version", "build", "released (UTC)", "security", "source")
+    for r in releases:
+        table.add_row(
+            r.platform.value,
+            r.os_line,
+            r.version,
+            r.build or "",
+            f"{r.released_at:%Y-%m-%d %H:%M}",
+            "yes" if r.security else "",
+            r.source.value,
+        )
+    Console().print(table)
+    for s in support:
+        typer.echo(
+            f"{s.platform.value}: oldest supported {s.minimum_version} ({s.source.value}, {s.updated_at:%Y-%m-%d})"
+        )
+    if not releases and not support:
+        err.print("No OS release data yet: run `mdm os-releases sync`, or load a file.", highlight=False)
 
 
 # --- the reference agent ---------------------------------------------------------------------------

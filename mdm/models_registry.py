@@ -20,6 +20,7 @@ MODEL_MODULES = (
     "exit_process.models",
     "compliance.models",
     "compliance.webhooks.models",
+    "compliance.os_releases.models",
 )
 
 

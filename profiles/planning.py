@@ -5,9 +5,10 @@ queries, calls `plan_device` for each, and writes the result in bulk. Keeping th
 what lets property-based tests throw thousands of random states at it.
 """
 
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+
+# version_key moved to mdm.versions; still importable from here for the modules that use it.
+from mdm.versions import meets_minimum, version_key  # noqa: F401
 
 ENROLLED, EXITING = "enrolled", "exiting"
 # Apple's store serves iPhone and iPad alike; other platforms have their own.
@@ -130,16 +131,6 @@ def app_reasons(facts: DeviceFacts, app: AppSpec) -> list[str] | None:
 
 def same_store(app_platform: str, device_platform: str) -> bool:
     return PLATFORM_FAMILY.get(app_platform, app_platform) == PLATFORM_FAMILY.get(device_platform, device_platform)
-
-
-@lru_cache(maxsize=65536)  # a fleet reports a few hundred distinct versions, judged millions of times a night
-def version_key(version: str | None) -> tuple[tuple[int, str], ...]:
-    parts = re.split(r"[.\-+]", version or "")
-    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in parts if part)
-
-
-def meets_minimum(version: str | None, minimum: str | None) -> bool:
-    return minimum is None or (version is not None and version_key(version) >= version_key(minimum))
 
 
 # --- The plan --------------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ def test_the_scheduler_switch(settings, database):
         "forget-dead-enrolment-links",
         "purge-stale-nonces",
         "start-due-exits",
+        "sync-os-releases",
     ]
 
 
