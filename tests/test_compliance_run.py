@@ -171,3 +171,26 @@ def test_webhooks_are_queued_for_compliance_and_exit_events(client, auth, tmp_pa
     ]
     types = sorted(d["event_type"] for d in deliveries)
     assert types == ["compliance.run_completed", "device.enrolled", "device.noncompliant", "exit.completed"]
+
+
+def test_os_rules_use_the_loaded_release_data(client, auth, tmp_path, database):
+    from datetime import date, timedelta
+
+    ipad = Tablet(client, auth, tmp_path, "IPAD1")  # reports iPadOS 17.5.1
+    ipad.converge()
+    old = (date.today() - timedelta(days=40)).isoformat()
+    recent = (date.today() - timedelta(days=3)).isoformat()
+    document = {
+        "releases": [
+            {"platform": "ipados", "version": "17.5.1", "released_at": old},
+            {"platform": "ipados", "version": "17.6", "released_at": old, "security": True},
+            {"platform": "ipados", "version": "17.6.1", "released_at": recent, "security": True},
+        ],
+        "minimum_supported": [{"platform": "ipados", "version": "16.0"}],
+    }
+    loaded = client.post("/api/v1/os-releases", json=document, headers=auth(Role.admin))
+    assert loaded.status_code in (200, 201), loaded.text
+    run_compliance(database, "test")
+    failures = device(client, auth, ipad.id)["compliance"]["failures"]
+    assert [f["rule"] for f in failures] == ["os_updates"]
+    assert "behind 17.6," in failures[0]["detail"]  # 17.6.1 is still inside its 14 days
