@@ -29,9 +29,11 @@ SNAPSHOT = {
     "encrypted": True,
     "jailbroken": False,
     "malware_protection": None,
-    "apps": [],
     "profiles": [],
+    # A device's inventory snapshot holds its whole app list, as a real check-in's does.
+    "apps": [{"identifier": f"com.school.app{n:02d}", "version": "2.1", "managed": True} for n in range(APPS)],
 }
+MISSING_ONE = {**SNAPSHOT, "apps": [a for a in SNAPSHOT["apps"] if a["identifier"] != "com.school.app07"]}
 
 
 def _catalogue(session) -> list[str]:  # type: ignore[no-untyped-def]
@@ -87,7 +89,15 @@ def _fleet(database, devices: int) -> None:  # type: ignore[no-untyped-def]
             )
             session.execute(
                 insert(DeviceInventory),
-                [{"device_id": i, "reported_at": now, "content_hash": "x", "snapshot": SNAPSHOT} for i in ids],
+                [
+                    {
+                        "device_id": i,
+                        "reported_at": now,
+                        "content_hash": "x",
+                        "snapshot": MISSING_ONE if k % 50 == 0 else SNAPSHOT,
+                    }
+                    for k, i in enumerate(ids)
+                ],
             )
             apps = [
                 {"device_id": i, "identifier": f"com.school.app{n:02d}", "version": "2.1", "managed": True}

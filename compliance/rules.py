@@ -11,7 +11,7 @@ from typing import Any
 
 from compliance.os_releases.service import line_of, required_from
 from mdm.versions import meets_minimum, version_key
-from profiles.planning import AppSpec, ProfileSpec, Reported
+from profiles.planning import AppSpec, ProfileSpec
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ class Evidence:
     snapshot: dict[str, Any] | None
     desired_profiles: list[ProfileSpec]
     desired_apps: list[AppSpec]
-    reported: Reported
+    # What the device reported, straight from its inventory: apps by identifier, profile versions.
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profiles: dict[str, int | None] = field(default_factory=dict)
     age: int | None = None
     app_ratings: dict[str, int] = field(default_factory=dict)
 
@@ -107,20 +109,20 @@ Rule = Callable[[Evidence, dict[str, Any], datetime, OsCatalogue], str | None]
 def _required_apps(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:
     problems = []
     for app in e.desired_apps:
-        on_device = e.reported.apps.get(app.identifier)
+        on_device = e.apps.get(app.identifier)
         if on_device is None:
             problems.append(f"{app.identifier} missing")
-        elif not on_device.managed:
+        elif not on_device.get("managed"):
             problems.append(f"{app.identifier} not managed")
-        elif not meets_minimum(on_device.version, app.min_version):
-            problems.append(f"{app.identifier} {on_device.version} below {app.min_version}")
+        elif not meets_minimum(on_device.get("version"), app.min_version):
+            problems.append(f"{app.identifier} {on_device.get('version')} below {app.min_version}")
     return "; ".join(problems) or None
 
 
 def _profiles_present(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:
     problems = []
     for profile in e.desired_profiles:
-        version = e.reported.profiles.get(profile.identifier)
+        version = e.profiles.get(profile.identifier)
         if version is None:
             problems.append(f"{profile.identifier} missing")
         elif version != profile.version:
@@ -195,7 +197,7 @@ def _checked_in_recently(e: Evidence, p: dict[str, Any], now: datetime, _os: OsC
 def _age_rating(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:
     if e.age is None:
         return None
-    above = sorted(identifier for identifier in e.reported.apps if e.app_ratings.get(identifier, 0) > e.age)
+    above = sorted(identifier for identifier in e.apps if e.app_ratings.get(identifier, 0) > e.age)
     return f"apps rated above the learner's age ({e.age}): {', '.join(above)}" if above else None
 
 
@@ -211,6 +213,14 @@ EVALUATORS: dict[str, Rule] = {
     "age_rating": _age_rating,
 }
 REMEDIABLE = frozenset({"required_apps", "profiles_present"})  # the reconciler can put these right
+
+
+def from_snapshot(snapshot: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], dict[str, int | None]]:
+    """Apps and profiles as the device reported them: the inventory snapshot already holds them."""
+    if not snapshot:
+        return {}, {}
+    apps = {app["identifier"]: app for app in snapshot.get("apps", ())}
+    return apps, {profile["identifier"]: profile.get("version") for profile in snapshot.get("profiles", ())}
 
 
 def evaluate(

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
 from compliance.os_releases import service as os_releases
-from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate
+from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate, from_snapshot
 from compliance.webhooks.service import emit, emit_many
 from mdm import desired_state
 from mdm.csv_import import chunks
@@ -161,7 +161,7 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -
     escalation = {e.category: e for e in session.exec(select(Escalation))}
     catalogue, os = reconciler.load_catalogue(session), os_catalogue(session)
     rows = devices.compliance_rows(session, batch)
-    facts, reported = reconciler.batch_facts(session, batch), reconciler.batch_reported(session, batch)
+    facts = reconciler.batch_facts(session, batch)
     snapshots = dict(
         session.exec(
             select(DeviceInventory.device_id, DeviceInventory.snapshot).where(col(DeviceInventory.device_id).in_(batch))
@@ -181,17 +181,22 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -
     changes, history, remediate, reconcile_now = [], [], [], []
     events: list[tuple[str, dict[str, Any]]] = []
     for device_id, row in rows.items():
-        profiles, apps = reconciler.desired_for(facts[device_id], catalogue) if device_id in facts else ([], [])
+        desired_profiles, desired_apps = (
+            reconciler.desired_for(facts[device_id], catalogue) if device_id in facts else ([], [])
+        )
+        snapshot = snapshots.get(device_id)
+        reported_apps, reported_profiles = from_snapshot(snapshot)
         evidence = Evidence(
             device_id,
             row.platform,
             row.os_version,
             row.last_checkin_at,
             row.enrolled_at,
-            snapshots.get(device_id),
-            profiles,
-            apps,
-            reported[device_id],
+            snapshot,
+            desired_profiles,
+            desired_apps,
+            apps=reported_apps,
+            profiles=reported_profiles,
             age=ages.get(row.person_id),
             app_ratings=ratings,
         )

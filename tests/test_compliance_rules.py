@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from compliance.rules import Evidence, OsCatalogue, evaluate
-from profiles.planning import AppSpec, ProfileSpec, Reported, ReportedApp
+from profiles.planning import AppSpec, ProfileSpec
 
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
 SNAPSHOT = {"os_version": "17.5.1", "passcode_set": True, "jailbroken": False, "malware_protection": None}
@@ -32,7 +32,6 @@ def evidence(**changes) -> Evidence:  # type: ignore[no-untyped-def]
         "snapshot": dict(SNAPSHOT),
         "desired_profiles": [],
         "desired_apps": [],
-        "reported": Reported(),
     }
     return Evidence(**{**base, **changes})
 
@@ -68,23 +67,26 @@ def test_required_apps_missing_unmanaged_and_outdated():
         AppSpec("a2", "com.reader", "ios", False),
         AppSpec("a3", "com.science", "ios", False, "3.0"),
     ]
-    reported = Reported(apps={"com.reader": ReportedApp("1.0", False), "com.science": ReportedApp("2.9.9", True)})
-    detail = failures(evidence(desired_apps=apps, reported=reported))["required_apps"]
+    reported_apps = {
+        "com.reader": {"version": "1.0", "managed": False},
+        "com.science": {"version": "2.9.9", "managed": True},
+    }
+    detail = failures(evidence(desired_apps=apps, apps=reported_apps))["required_apps"]
     assert detail == "com.maths missing; com.reader not managed; com.science 2.9.9 below 3.0"
-    just_enough = Reported(apps={"com.science": ReportedApp("3.0", True)})
-    assert "required_apps" not in failures(evidence(desired_apps=apps[2:], reported=just_enough))
+    just_enough = {"com.science": {"version": "3.0", "managed": True}}
+    assert "required_apps" not in failures(evidence(desired_apps=apps[2:], apps=just_enough))
 
 
 def test_profiles_present_catches_a_removed_or_old_filter():
     proxy = ProfileSpec("p1", "uk.sch.proxy", 3, False)
     assert failures(evidence(desired_profiles=[proxy]))["profiles_present"] == "uk.sch.proxy missing"
-    old = Reported(profiles={"uk.sch.proxy": 2})
+    old = {"uk.sch.proxy": 2}
     assert (
-        failures(evidence(desired_profiles=[proxy], reported=old))["profiles_present"]
+        failures(evidence(desired_profiles=[proxy], profiles=old))["profiles_present"]
         == "uk.sch.proxy at version 2, not 3"
     )
-    current = Reported(profiles={"uk.sch.proxy": 3})
-    assert "profiles_present" not in failures(evidence(desired_profiles=[proxy], reported=current))
+    current = {"uk.sch.proxy": 3}
+    assert "profiles_present" not in failures(evidence(desired_profiles=[proxy], profiles=current))
 
 
 def test_os_supported_boundary():
@@ -136,12 +138,15 @@ def test_jailbroken():
 
 
 def test_age_rating_is_off_by_default_and_checks_ratings_when_on():
-    reported = Reported(apps={"com.social": ReportedApp("1.0", False), "com.maths": ReportedApp("1.0", True)})
-    e = evidence(reported=reported, age=12, app_ratings={"com.social": 13, "com.maths": 4})
+    reported_apps = {
+        "com.social": {"version": "1.0", "managed": False},
+        "com.maths": {"version": "1.0", "managed": True},
+    }
+    e = evidence(apps=reported_apps, age=12, app_ratings={"com.social": 13, "com.maths": 4})
     assert "age_rating" not in failures(e)
     on = {**DEFAULTS, "age_rating": (True, {})}
     assert failures(e, rules=on)["age_rating"] == "apps rated above the learner's age (12): com.social"
-    assert "age_rating" not in failures(evidence(reported=reported, age=13, app_ratings={"com.social": 13}), rules=on)
+    assert "age_rating" not in failures(evidence(apps=reported_apps, age=13, app_ratings={"com.social": 13}), rules=on)
 
 
 def test_a_disabled_rule_is_not_judged():
