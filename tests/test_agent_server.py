@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from mdm.actor import Role
-from mdm.agent import AgentError, AgentState, enroll_device, run_device
+from mdm.agent import AgentClient, AgentError, AgentState, enroll_device, run_device
 from tests.live_server import running_server
 
 
@@ -333,3 +333,81 @@ def test_leavers_over_real_http(server, api, tmp_path, database):
     with pytest.raises(AgentError) as refused:
         run_device(phone_dir)
     assert refused.value.status == 403
+
+
+def _run_compliance(api) -> dict:  # type: ignore[no-untyped-def]
+    import time
+
+    run_id = api.post("/api/v1/compliance/runs").json()["id"]
+    for _ in range(200):
+        run = api.get(f"/api/v1/compliance/runs/{run_id}").json()
+        if run["status"] != "running":
+            return run
+        time.sleep(0.05)
+    raise AssertionError("the compliance run did not finish")
+
+
+def test_remediation_and_quarantine_over_real_http(server, api, tmp_path, database):
+    from sqlalchemy import text
+
+    api.post(
+        "/api/v1/apps",
+        json={
+            "identifier": "com.school.maths",
+            "name": "Maths",
+            "platform": "ios",
+            "licence": "free",
+            "required_for": ["authorised"],
+        },
+    ).raise_for_status()
+    api.post(
+        "/api/v1/profiles",
+        json={
+            "name": "Wi-Fi",
+            "identifier": "uk.sch.example.wifi",
+            "payloads": [{"type": "wifi", "ssid": "School", "security": "wpa2_enterprise"}],
+        },
+    ).raise_for_status()
+    state_dir = tmp_path / "ipad"
+    device_id = enroll_device(
+        state_dir,
+        server,
+        _token(api, category="authorised")["token"],
+        {"serial": "Q1", "platform": "ipados"},
+        aup_accepted=True,
+    )
+    state = AgentState.load(state_dir)
+    state.inventory.passcode_set, state.inventory.os_version = True, "17.5.1"
+    state.save()
+    run_device(state_dir)
+    assert _run_compliance(api)["compliant"] == 1
+
+    # A learner deletes the school app and the install that follows fails: tonight's run queues it again.
+    state = AgentState.load(state_dir)
+    state.inventory.remove_app("com.school.maths")
+    state.inventory.jailbroken = True  # and the device is jailbroken, which no command can fix
+    state.save()
+    with AgentClient(server, state) as agent:
+        reinstall = agent.checkin()
+        agent.report(reinstall[0]["id"], "error", "App Store unreachable")
+    run = _run_compliance(api)
+    assert (run["non_compliant"], run["remediated"]) == (1, 1)
+    run_device(state_dir)
+    assert AgentState.load(state_dir).inventory.app("com.school.maths") is not None
+
+    # Still jailbroken after the grace period: quarantined, and the Wi-Fi goes.
+    with database.write_engine.begin() as connection:
+        connection.execute(text("UPDATE device SET compliance_failing_since = '2020-01-01 00:00:00'"))
+    assert _run_compliance(api)["quarantined"] == 1
+    assert api.get(f"/api/v1/devices/{device_id}").json()["network_access"] == "none"
+    run_device(state_dir)
+    assert AgentState.load(state_dir).inventory.profiles == []
+
+    # Fixed: the quarantine lifts itself and the Wi-Fi comes back.
+    state = AgentState.load(state_dir)
+    state.inventory.jailbroken = False
+    state.save()
+    run_device(state_dir)
+    assert _run_compliance(api)["released"] == 1
+    run_device(state_dir)
+    assert [p.identifier for p in AgentState.load(state_dir).inventory.profiles] == ["uk.sch.example.wifi"]
