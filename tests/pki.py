@@ -46,3 +46,31 @@ def signed_headers(
         "X-MDM-Signature": sign_request(key, method, path, timestamp, nonce, body),
         "content-type": "application/json",
     }
+
+
+def openssl_crl_verdict(folder, certificate_pem: str, ca_pem: str, crl_der: bytes) -> str:  # type: ignore[no-untyped-def]
+    """What `openssl verify -crl_check` says of a certificate, given the CA and the service's DER CRL."""
+    import subprocess
+
+    (folder / "checked.pem").write_text(certificate_pem)
+    (folder / "ca.pem").write_text(ca_pem)
+    (folder / "crl.der").write_bytes(crl_der)
+    subprocess.run(
+        ["openssl", "crl", "-inform", "DER", "-in", folder / "crl.der", "-out", folder / "crl.pem"], check=True
+    )
+    verify = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            folder / "crl.pem",
+            "-CAfile",
+            folder / "ca.pem",
+            folder / "checked.pem",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return verify.stdout + verify.stderr

@@ -9,6 +9,7 @@ import pytest
 from mdm.actor import Role
 from mdm.agent import AgentClient, AgentError, AgentState, enroll_device, run_device
 from tests.live_server import running_server
+from tests.pki import openssl_crl_verdict
 
 
 @pytest.fixture
@@ -72,28 +73,13 @@ def test_erased_school_device_is_back_in_stock_and_shut_out(server, api, tmp_pat
     device = api.get(f"/api/v1/devices/{device_id}").json()
     assert device["state"] == "in_stock"
     assert device["person_id"] is None
-    (tmp_path / "device.pem").write_text(certificate)
-    (tmp_path / "ca.pem").write_text(httpx.get(f"{server}/api/v1/pki/ca.pem").text)
-    (tmp_path / "crl.der").write_bytes(httpx.get(f"{server}/api/v1/pki/crl").content)
-    subprocess.run(
-        ["openssl", "crl", "-inform", "DER", "-in", tmp_path / "crl.der", "-out", tmp_path / "crl.pem"], check=True
+    verdict = openssl_crl_verdict(
+        tmp_path,
+        certificate,
+        httpx.get(f"{server}/api/v1/pki/ca.pem").text,
+        httpx.get(f"{server}/api/v1/pki/crl").content,
     )
-    verify = subprocess.run(
-        [
-            "openssl",
-            "verify",
-            "-crl_check",
-            "-CRLfile",
-            tmp_path / "crl.pem",
-            "-CAfile",
-            tmp_path / "ca.pem",
-            tmp_path / "device.pem",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert "certificate revoked" in verify.stdout + verify.stderr
+    assert "certificate revoked" in verdict
     # The wiped device enrols again with the cart's token and gets a new identity.
     again = enroll_device(state_dir, server, _token(api)["token"], {"serial": "LIVE3", "platform": "ipados"})
     assert again == device_id
@@ -285,28 +271,13 @@ def test_leavers_over_real_http(server, api, tmp_path, database):
     assert sorted(a.identifier for a in inventory.apps) == ["com.family.game", "com.family.music"]
     assert inventory.profiles == []
     assert api.get(f"/api/v1/exits/{cases['A1']['id']}").json()["status"] == "completed"
-    (tmp_path / "ipad.pem").write_text(certificate)
-    (tmp_path / "ca.pem").write_text(httpx.get(f"{server}/api/v1/pki/ca.pem").text)
-    (tmp_path / "crl.der").write_bytes(httpx.get(f"{server}/api/v1/pki/crl").content)
-    subprocess.run(
-        ["openssl", "crl", "-inform", "DER", "-in", tmp_path / "crl.der", "-out", tmp_path / "crl.pem"], check=True
+    verdict = openssl_crl_verdict(
+        tmp_path,
+        certificate,
+        httpx.get(f"{server}/api/v1/pki/ca.pem").text,
+        httpx.get(f"{server}/api/v1/pki/crl").content,
     )
-    verify = subprocess.run(
-        [
-            "openssl",
-            "verify",
-            "-crl_check",
-            "-CRLfile",
-            tmp_path / "crl.pem",
-            "-CAfile",
-            tmp_path / "ca.pem",
-            tmp_path / "ipad.pem",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert "certificate revoked" in verify.stdout + verify.stderr
+    assert "certificate revoked" in verdict
     assert api.get(f"/api/v1/devices/{ipad}").json()["state"] == "retired"
 
     stock = api.get(f"/api/v1/devices/{school}").json()

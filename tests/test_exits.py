@@ -1,12 +1,12 @@
 """Leavers: per-device checklists that the devices' own answers fill in, with evidence."""
 
-import subprocess
 from datetime import date, timedelta
 
 from sqlalchemy import text
 
 from mdm.actor import Role
 from tests.fleet import PROXY, WIFI_FULL, Tablet, create_app, create_profile
+from tests.pki import openssl_crl_verdict
 
 CSV = {"content-type": "text/csv"}
 
@@ -98,29 +98,10 @@ def test_revoked_certificate_is_in_the_crl_and_the_device_shut_out(client, auth,
     case = open_exit(client, auth, person)
     ipad.agent.run_once()
     assert get_exit(client, auth, case["id"])["status"] == "completed"
-    (tmp_path / "device.pem").write_text(certificate)
-    (tmp_path / "ca.pem").write_text(client.get("/api/v1/pki/ca.pem").text)
-    (tmp_path / "crl.der").write_bytes(client.get("/api/v1/pki/crl").content)
-    subprocess.run(
-        ["openssl", "crl", "-inform", "DER", "-in", tmp_path / "crl.der", "-out", tmp_path / "crl.pem"], check=True
+    verdict = openssl_crl_verdict(
+        tmp_path, certificate, client.get("/api/v1/pki/ca.pem").text, client.get("/api/v1/pki/crl").content
     )
-    verify = subprocess.run(
-        [
-            "openssl",
-            "verify",
-            "-crl_check",
-            "-CRLfile",
-            tmp_path / "crl.pem",
-            "-CAfile",
-            tmp_path / "ca.pem",
-            tmp_path / "device.pem",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert "certificate revoked" in verify.stdout + verify.stderr
-    from tests.pki import signed_headers
+    assert "certificate revoked" in verdict
 
     key = ipad.agent.state.ensure_key() if ipad.agent.state.enrolled else None
     assert key is None  # the agent forgot its identity when MDM was removed
@@ -130,7 +111,6 @@ def test_revoked_certificate_is_in_the_crl_and_the_device_shut_out(client, auth,
     assert device["crl_number"] >= 1
     assert report["audit_chain"]["intact"] is True
     assert any(e["action"] == "exit.complete" for e in report["audit_events"])
-    _ = signed_headers
 
 
 def test_school_device_is_collected_wiped_and_back_in_stock(client, auth, tmp_path):
