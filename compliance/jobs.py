@@ -8,7 +8,9 @@ def nightly_run(context: JobContext) -> str:
     def alive(_done: int, _total: int) -> None:
         context.still_running()  # each batch renews the lease: no other replica takes a live run over
 
-    run = service.run_compliance(context.database, f"nightly {context.slot}", progress=alive)
+    trigger = f"nightly {context.slot}"
+    service.abandon_runs(context.database, trigger)  # a replica that died mid-run left its record behind
+    run = service.run_compliance(context.database, trigger, progress=alive)
     return f"run {run.id}: {run.devices_evaluated} devices, {run.non_compliant} non-compliant"
 
 

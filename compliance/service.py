@@ -105,6 +105,20 @@ def start_run(database: Database, trigger: str) -> str:
     return run.id
 
 
+def abandon_runs(database: Database, trigger: str) -> None:
+    """Marks earlier attempts of this slot, still 'running' because their replica died, as abandoned."""
+    with database.writing() as session:
+        for run in session.exec(
+            select(ComplianceRun).where(ComplianceRun.trigger == trigger, ComplianceRun.status == "running")
+        ):
+            run.status, run.finished_at, run.detail = (
+                "abandoned",
+                utcnow(),
+                "its replica stopped; the slot was taken over",
+            )
+            session.add(run)
+
+
 def run_compliance(
     database: Database,
     trigger: str,

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from bench.compliance import _fleet
 
 SLOT = "2026-11-30T02:00:00+00:00"
+LEASE = 10  # seconds: long enough for a second replica to start and find the claim still held
 
 
 def _env(settings, lease: int = 300) -> dict[str, str]:
@@ -52,7 +53,7 @@ def test_two_replicas_fire_the_same_slot_and_one_run_happens(settings, database)
 def test_a_run_killed_midway_is_taken_over_after_its_lease_and_finishes(settings, database):
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _fleet(database, 6000)
-    first = _replica(settings, "run", "compliance-nightly", "--slot", SLOT, lease=3)
+    first = _replica(settings, "run", "compliance-nightly", "--slot", SLOT, lease=LEASE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until it is visibly working, then pull the plug
         with database.read_engine.connect() as connection:
@@ -63,14 +64,15 @@ def test_a_run_killed_midway_is_taken_over_after_its_lease_and_finishes(settings
     first.kill()
     first.wait(timeout=10)
     assert _runs(database)[0][0] == "running"  # it died mid-run
-    too_soon = _replica(settings, "run", "compliance-nightly", "--slot", SLOT, lease=3)
+    killed_at = time.monotonic()
+    too_soon = _replica(settings, "run", "compliance-nightly", "--slot", SLOT, lease=LEASE)
     assert "claimed by another replica" in too_soon.communicate(timeout=60)[0]
-    time.sleep(3.5)  # the dead replica's lease runs out
-    watcher = _replica(settings, "resume", lease=3)
+    time.sleep(max(0.0, LEASE + 0.5 - (time.monotonic() - killed_at)))  # the dead replica's lease runs out
+    watcher = _replica(settings, "resume", lease=LEASE)
     out = watcher.communicate(timeout=180)[0]
     assert watcher.returncode == 0, out
     assert "1 abandoned run(s) taken over" in out
-    assert ("completed", 6000) in _runs(database)
+    assert sorted(_runs(database)) == [("abandoned", 0), ("completed", 6000)]
     with database.read_engine.connect() as connection:
         claim = connection.execute(text("SELECT status, attempts FROM job_run WHERE job = 'compliance-nightly'")).one()
     assert tuple(claim) == ("completed", 2)
