@@ -11,6 +11,7 @@ device is compliant again.
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -131,6 +132,12 @@ def run_compliance(
     now = now or utcnow()
     with database.reading() as session:
         device_ids = list(session.exec(select(Device.id).where(Device.state == "enrolled").order_by(Device.id)))
+        setup = _RunSetup(
+            rules=rule_settings(session),
+            escalation={e.category: e for e in session.exec(select(Escalation))},
+            catalogue=reconciler.load_catalogue(session),
+            os=os_catalogue(session),
+        )
     totals = {
         "devices_evaluated": 0,
         "compliant": 0,
@@ -144,7 +151,7 @@ def run_compliance(
     try:
         for batch in chunks(device_ids, BATCH_SIZE):
             with database.writing() as session:
-                for key, value in _run_batch(session, batch, run_id, now).items():
+                for key, value in _run_batch(session, batch, run_id, now, setup).items():
                     totals[key] += value
             if progress:
                 progress(totals["devices_evaluated"], len(device_ids))
@@ -170,10 +177,18 @@ def _finish(
     return run
 
 
-def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime) -> dict[str, int]:
-    rules = rule_settings(session)
-    escalation = {e.category: e for e in session.exec(select(Escalation))}
-    catalogue, os = reconciler.load_catalogue(session), os_catalogue(session)
+@dataclass
+class _RunSetup:
+    """What every batch of a run judges against, read once at its start."""
+
+    rules: dict[str, tuple[bool, dict[str, Any]]]
+    escalation: dict[str, Escalation]
+    catalogue: Any
+    os: OsCatalogue
+
+
+def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime, setup: _RunSetup) -> dict[str, int]:
+    rules, escalation, catalogue, os = setup.rules, setup.escalation, setup.catalogue, setup.os
     rows = devices.compliance_rows(session, batch)
     facts = reconciler.batch_facts(session, batch)
     snapshots = dict(
