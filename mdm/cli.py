@@ -29,6 +29,7 @@ token_app = typer.Typer(help="API tokens for people and integrations.", no_args_
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 people_app = typer.Typer(help="People from the school's MIS.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+compliance_app = typer.Typer(help="The compliance check of every enrolled device.", no_args_is_help=True)
 jobs_app = typer.Typer(
     help="Scheduled jobs: what runs when, and running one now as the scheduler would.", no_args_is_help=True
 )
@@ -51,6 +52,7 @@ for sub, name in (
     (ca_app, "ca"),
     (agent_app, "agent"),
     (jobs_app, "jobs"),
+    (compliance_app, "compliance"),
     (os_releases_app, "os-releases"),
 ):
     app.add_typer(sub, name=name)
@@ -332,6 +334,42 @@ def ca_show(
     typer.echo(f"files:        {(settings.data_dir / 'ca').resolve()}")
     with _database(settings) as database, database.reading() as session:
         typer.echo(f"CRL number:   {current_crl_number(session)}  (served at /api/v1/pki/crl)")
+
+
+# --- compliance ------------------------------------------------------------------------------------
+
+
+@compliance_app.command("run")
+def compliance_run() -> None:
+    """Check every enrolled device now, with the same code as the nightly job, and print the counts."""
+    from compliance.service import run_compliance
+    from mdm.app import wire_domains
+    from mdm.sealing import Sealer
+
+    settings = get_settings()
+    wire_domains(Sealer.load_or_create(settings.data_dir))  # remediation and quarantine reconcile devices
+    with _database(settings) as database, _progress() as bar:
+        task = bar.add_task("checking devices", total=None)
+        run = run_compliance(
+            database,
+            f"cli: {cli_actor().label}",
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    typer.echo(
+        json.dumps(
+            {
+                "id": run.id,
+                "status": run.status,
+                "devices_evaluated": run.devices_evaluated,
+                "compliant": run.compliant,
+                "non_compliant": run.non_compliant,
+                "unknown": run.unknown,
+                "quarantined": run.quarantined,
+                "released": run.released,
+                "duration_ms": run.duration_ms,
+            }
+        )
+    )
 
 
 # --- scheduled jobs --------------------------------------------------------------------------------

@@ -194,3 +194,23 @@ def test_os_rules_use_the_loaded_release_data(client, auth, tmp_path, database):
     failures = device(client, auth, ipad.id)["compliance"]["failures"]
     assert [f["rule"] for f in failures] == ["os_updates"]
     assert "behind 17.6," in failures[0]["detail"]  # 17.6.1 is still inside its 14 days
+
+
+def test_cli_compliance_run_prints_the_counts(client, auth, tmp_path, settings):
+    import json
+    import subprocess
+    import sys
+
+    Tablet(client, auth, tmp_path, "IPAD1").converge()
+    env = {"MDM_DATA_DIR": str(settings.data_dir), "MDM_DATABASE_URL": settings.resolved_database_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "mdm", "compliance", "run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)
+    assert (counts["status"], counts["devices_evaluated"], counts["compliant"]) == ("completed", 1, 1)
