@@ -94,7 +94,7 @@ def test_sigkill_mid_exit_batch_then_restart_completes_every_case(settings, admi
         assert imported.status_code == 200, imported.text[:300]
         # Half the fleet checks in, then the server dies without warning in the middle of the next round.
         _run_all(fleet[: LEAVERS // 2], base_url)
-        killer = threading.Thread(target=lambda: (time.sleep(0.3), server.kill()))
+        killer = threading.Thread(target=lambda: (time.sleep(0.1), server.kill()))  # early in the round
         killer.start()
         cut_off = _run_all(fleet[LEAVERS // 2 :], base_url)
         killer.join()
