@@ -11,6 +11,7 @@ from bench.compliance import _fleet
 
 SLOT = "2026-11-30T02:00:00+00:00"
 LEASE = 10  # seconds: long enough for a second replica to start and find the claim still held
+DEVICES = 12_000  # a run of a second or more, so the kill lands mid-way
 
 
 def _env(settings, lease: int = 300) -> dict[str, str]:
@@ -52,7 +53,7 @@ def test_two_replicas_fire_the_same_slot_and_one_run_happens(settings, database)
 
 def test_a_run_killed_midway_is_taken_over_after_its_lease_and_finishes(settings, database):
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _fleet(database, 6000)
+    _fleet(database, DEVICES)
     first = _replica(settings, "run", "compliance-nightly", "--slot", SLOT, lease=LEASE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until it is visibly working, then pull the plug
@@ -60,7 +61,7 @@ def test_a_run_killed_midway_is_taken_over_after_its_lease_and_finishes(settings
             if connection.execute(text("SELECT count(*) FROM compliance_run WHERE status = 'running'")).scalar_one():
                 break
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.2)  # well inside a run of this size, however fast the machine
     first.kill()
     first.wait(timeout=10)
     assert _runs(database)[0][0] == "running"  # it died mid-run
@@ -72,7 +73,7 @@ def test_a_run_killed_midway_is_taken_over_after_its_lease_and_finishes(settings
     out = watcher.communicate(timeout=180)[0]
     assert watcher.returncode == 0, out
     assert "1 abandoned run(s) taken over" in out
-    assert sorted(_runs(database)) == [("abandoned", 0), ("completed", 6000)]
+    assert sorted(_runs(database)) == [("abandoned", 0), ("completed", DEVICES)]
     with database.read_engine.connect() as connection:
         claim = connection.execute(text("SELECT status, attempts FROM job_run WHERE job = 'compliance-nightly'")).one()
     assert tuple(claim) == ("completed", 2)
