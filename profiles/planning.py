@@ -89,20 +89,31 @@ def app_target(identifier: str) -> str:
 # --- What the device should have, and why ---------------------------------------------------------
 
 
+def _scope_reasons(
+    facts: DeviceFacts, categories: frozenset[str], groups: frozenset[str], words: tuple[str, str]
+) -> list[str] | None:
+    """The categories-and-groups part of any scope: why it matches, or None when the device is outside it."""
+    category_word, group_word = words
+    reasons = []
+    if categories:
+        if facts.category not in categories:
+            return None
+        reasons.append(f"{category_word}{facts.category}")
+    if groups:
+        shared = sorted(facts.groups & groups)
+        if not shared:
+            return None
+        reasons.append(f"{group_word}{', '.join(shared)}")
+    return reasons
+
+
 def profile_reasons(facts: DeviceFacts, profile: ProfileSpec) -> list[str] | None:
     """Why the profile applies to the device, or None when it does not."""
     if facts.state != ENROLLED:
         return None
-    reasons = []
-    if profile.categories:
-        if facts.category not in profile.categories:
-            return None
-        reasons.append(f"category {facts.category}")
-    if profile.groups:
-        shared = sorted(facts.groups & profile.groups)
-        if not shared:
-            return None
-        reasons.append(f"group {', '.join(shared)}")
+    reasons = _scope_reasons(facts, profile.categories, profile.groups, ("category ", "group "))
+    if reasons is None:
+        return None
     if profile.is_network:
         allowed = profile.network_access or frozenset({"full", "internet_only"})
         if facts.network_access not in allowed:
@@ -116,17 +127,7 @@ def app_reasons(facts: DeviceFacts, app: AppSpec) -> list[str] | None:
         return None
     if not app.categories and not app.groups:
         return None  # in the catalogue, required of nobody
-    reasons = []
-    if app.categories:
-        if facts.category not in app.categories:
-            return None
-        reasons.append(f"required for {facts.category}")
-    if app.groups:
-        shared = sorted(facts.groups & app.groups)
-        if not shared:
-            return None
-        reasons.append(f"required for group {', '.join(shared)}")
-    return reasons
+    return _scope_reasons(facts, app.categories, app.groups, ("required for ", "required for group "))
 
 
 def same_store(app_platform: str, device_platform: str) -> bool:
