@@ -81,7 +81,7 @@ def _all_jobs(settings: Settings) -> list[JobSpec]:
         *enrollment_jobs.JOBS,
         *exit_jobs.jobs(settings.timezone),
         *compliance_jobs.JOBS,
-        *webhook_jobs.JOBS,
+        *webhook_jobs.jobs(Sealer.load_or_create(settings.data_dir)),
         *os_release_jobs.jobs(settings),
     ]
 

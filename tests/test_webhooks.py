@@ -25,7 +25,7 @@ from compliance.webhooks import jobs, service
 from mdm.actor import Role
 from mdm.dependencies import WriteSession
 from mdm.scheduler import run_slot
-from mdm.settings import get_settings
+from mdm.sealing import Sealer
 from tests.live_server import free_port
 
 SECRET = "test-secret-0123456789abcdef"
@@ -466,17 +466,8 @@ def test_the_delivery_log_is_paginated_newest_first(client, auth, database):
 # --- The scheduled job -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server_settings(settings, monkeypatch):  # type: ignore[no-untyped-def]
-    """The job reads the data directory from the environment, as `mdm serve` does."""
-    monkeypatch.setenv("MDM_DATA_DIR", str(settings.data_dir))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def test_the_job_runs_every_minute_and_delivers(client, auth, database, receiver, server_settings):
-    [spec] = jobs.JOBS
+def test_the_job_runs_every_minute_and_delivers(client, auth, database, receiver, settings):
+    [spec] = jobs.jobs(Sealer.load_or_create(settings.data_dir))
     assert (spec.name, spec.cron) == ("deliver-webhooks", "* * * * *")
     _create(client, auth, receiver.url, ["device.enrolled"], secret=SECRET)
     _emit(database, "device.enrolled", {"device_id": "d-1"})

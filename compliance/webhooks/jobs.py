@@ -19,7 +19,6 @@ from mdm.database import Database
 from mdm.ids import utcnow
 from mdm.scheduler import JobContext, JobSpec
 from mdm.sealing import Sealer, SealError
-from mdm.settings import get_settings
 
 SEND_TIMEOUT_SECONDS = 10.0
 BATCH_SIZE = 10
@@ -113,10 +112,10 @@ def _count(report: DeliveryReport, status: DeliveryStatus | None) -> None:
         report.lost += 1
 
 
-def deliver_webhooks(context: JobContext) -> str:
-    # The secrets are sealed under the data directory's key: the same settings `mdm serve` runs with.
-    sealer = Sealer.load_or_create(get_settings().data_dir)
-    return str(deliver_due(context.database, sealer, keep_alive=context.still_running))
+def jobs(sealer: Sealer) -> list[JobSpec]:
+    """The delivery job, given the sealer of the data directory the app runs with (the secrets' key)."""
 
+    def deliver_webhooks(context: JobContext) -> str:
+        return str(deliver_due(context.database, sealer, keep_alive=context.still_running))
 
-JOBS = [JobSpec(name="deliver-webhooks", cron="* * * * *", work=deliver_webhooks)]
+    return [JobSpec(name="deliver-webhooks", cron="* * * * *", work=deliver_webhooks)]
