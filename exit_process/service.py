@@ -132,8 +132,7 @@ def plan(session: Session, person_id: str, leaving: date, reason: str) -> ExitCa
     for device in _person_devices(session, person_id):
         ownership = _ownership(device)
         kinds = PERSONAL_STEPS if ownership == "personal" else SCHOOL_STEPS
-        removed = [identifier for identifier, _ in profiles.school_apps_on(session, device.id)]
-        kept = [a.identifier for a in inventory.installed_apps(session, device.id) if a.identifier not in removed]
+        removed, _licensed, kept = _apps_of(session, device.id)
         steps = [
             StepPublic(
                 id="",
@@ -170,10 +169,7 @@ def start_case(session: Session, case: ExitCase, actor: Actor) -> None:
     exiting = []
     for device in _person_devices(session, case.person_id):
         ownership = _ownership(device)
-        kept = _family_apps(session, device.id)
-        licensed = [
-            identifier for identifier, is_licensed in profiles.school_apps_on(session, device.id) if is_licensed
-        ]
+        _school, licensed, kept = _apps_of(session, device.id)
         session.add(
             ExitDevice(
                 case_id=case.id, device_id=device.id, ownership=ownership, apps_kept=kept, licences_held=licensed
@@ -205,9 +201,13 @@ def start_case(session: Session, case: ExitCase, actor: Actor) -> None:
     advance_case(session, case)
 
 
-def _family_apps(session: Session, device_id: str) -> list[str]:
-    school = {identifier for identifier, _ in profiles.school_apps_on(session, device_id)}
-    return [a.identifier for a in inventory.installed_apps(session, device_id) if a.identifier not in school]
+def _apps_of(session: Session, device_id: str) -> tuple[list[str], list[str], list[str]]:
+    """The school's apps on the device (by its own records), those holding a pool licence, and the family's."""
+    school = profiles.school_apps_on(session, device_id)
+    identifiers = [identifier for identifier, _ in school]
+    licensed = [identifier for identifier, is_licensed in school if is_licensed]
+    family = [a.identifier for a in inventory.installed_apps(session, device_id) if a.identifier not in identifiers]
+    return identifiers, licensed, family
 
 
 # --- Moving it on ----------------------------------------------------------------------------------
@@ -218,10 +218,11 @@ def advance_case(session: Session, case: ExitCase) -> None:
     if case.status != CaseStatus.in_progress.value:
         return
     before = {s.id: s.status for s in session.exec(select(ExitStep).where(ExitStep.case_id == case.id))}
+    filters = profiles.filtering_profile_identifiers(session)  # once a case, not once a device
     for exit_device in session.exec(select(ExitDevice).where(ExitDevice.case_id == case.id)):
         steps = _steps(session, case.id, exit_device.device_id)
         if exit_device.ownership == "personal":
-            _advance_personal(session, case, exit_device, steps)
+            _advance_personal(session, case, exit_device, steps, filters)
         else:
             _advance_school(session, case, exit_device, steps)
     _settle_case(session, case, before)
@@ -239,10 +240,11 @@ def _device_commands(session: Session, device_id: str, since: datetime | None) -
     return list(session.exec(statement.order_by(Command.id)))
 
 
-def _advance_personal(session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep]) -> None:
+def _advance_personal(
+    session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep], filters: set[str]
+) -> None:
     device_id = exit_device.device_id
     sent = _device_commands(session, device_id, case.started_at)
-    filters = profiles.filtering_profile_identifiers(session)
     removals = {
         "remove_school_apps": [c for c in sent if c.type == CommandType.RemoveApplication.value],
         "remove_proxy": [c for c in sent if c.type == CommandType.RemoveProfile.value and _identifier(c) in filters],
