@@ -28,6 +28,7 @@ from compliance.webhooks.models import (
 )
 from mdm.actor import Actor
 from mdm.audit.service import record
+from mdm.backoff import doubling
 from mdm.errors import NotFound
 from mdm.ids import new_id, utcnow
 from mdm.sealing import Sealer
@@ -185,7 +186,7 @@ class Outcome:
 
 def retry_delay(attempts: int) -> timedelta:
     """30 s, 1 min, 2 min ... doubling up to an hour: a struggling receiver is not hammered."""
-    return min(FIRST_RETRY * (2 ** max(attempts - 1, 0)), LONGEST_WAIT)
+    return doubling(FIRST_RETRY, LONGEST_WAIT, attempts)
 
 
 def claim_due(session: Session, now: datetime, limit: int) -> list[Claimed]:

@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from mdm.actor import Actor
 from mdm.audit.service import record
+from mdm.backoff import doubling
 from mdm.commands.models import (
     OPEN_STATUSES,
     Command,
@@ -151,7 +152,7 @@ def record_result(session: Session, device_id: str, command_id: str, result: Com
 
 def not_now_backoff(times: int) -> timedelta:
     """1, 2, 4, 8 ... minutes, up to six hours: a busy device is asked again, never hammered."""
-    return min(NOT_NOW_FIRST_RETRY * (2 ** max(times - 1, 0)), NOT_NOW_LONGEST_WAIT)
+    return doubling(NOT_NOW_FIRST_RETRY, NOT_NOW_LONGEST_WAIT, times)
 
 
 def cancel_command(session: Session, device_id: str, command_id: str, reason: str) -> Command:
