@@ -439,7 +439,3 @@ def filtering_profile_identifiers(session: Session) -> set[str]:
         for profile in session.exec(select(Profile))
         if any(payload.get("type") in ("proxy", "web_filter") for payload in profile.payloads)
     }
-
-
-def school_profile_identifiers(session: Session) -> set[str]:
-    return set(session.exec(select(Profile.identifier)))

@@ -47,14 +47,5 @@ def _replace_rows(session: Session, device_id: str, inventory: Inventory) -> Non
         session.execute(insert(DeviceProfile), rows)
 
 
-def latest_inventory(session: Session, device_id: str) -> DeviceInventory | None:
-    return session.get(DeviceInventory, device_id)
-
-
 def installed_apps(session: Session, device_id: str) -> list[DeviceApp]:
     return list(session.exec(select(DeviceApp).where(DeviceApp.device_id == device_id).order_by(DeviceApp.identifier)))
-
-
-def installed_profiles(session: Session, device_id: str) -> list[DeviceProfile]:
-    statement = select(DeviceProfile).where(DeviceProfile.device_id == device_id).order_by(DeviceProfile.identifier)
-    return list(session.exec(statement))
