@@ -27,16 +27,6 @@ class EnrollmentToken(SQLModel, table=True):
     created_by: str = Field(max_length=250)
 
 
-class PkiState(SQLModel, table=True):
-    """One row: the number of the newest CRL, which must only ever grow."""
-
-    __tablename__ = "pki_state"
-
-    id: int = Field(primary_key=True)
-    crl_number: int = 0
-    crl_updated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
-
-
 class EnrollmentTokenCreate(BaseModel):
     category: Category
     person_id: str | None = PydanticField(None, max_length=36)

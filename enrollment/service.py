@@ -15,7 +15,6 @@ from enrollment.models import (
     EnrollmentTokenPublic,
     EnrollRequest,
     EnrollResponse,
-    PkiState,
 )
 from mdm import desired_state
 from mdm.access_policy import service as access_policy
@@ -32,7 +31,6 @@ from mdm.people import service as people
 from mdm.sealing import Sealer
 
 TOKEN_PREFIX = "enr_"  # noqa: S105 (a public prefix that tells the two kinds of token apart, not a secret)
-PKI_STATE_ID = 1
 
 
 def _hash(secret: str) -> str:
@@ -166,20 +164,40 @@ def _check_policy(session: Session, category: Category, request: EnrollRequest) 
         )
 
 
-def _existing_device(session: Session, request: EnrollRequest, category: Category) -> Device | None:
+def _existing_device(session: Session, request: EnrollRequest, token: EnrollmentToken) -> Device | None:
     serial = request.device.serial
     device = devices.find_by_serial(session, serial) if serial else None
     if device is None:
         return None
     device = devices.lock_for_update(session, device.id)
+    _check_rebinding(device, token)
+    return device
+
+
+def _check_rebinding(device: Device, token: EnrollmentToken) -> None:
+    """A serial is printed on the box, so it proves nothing: binding to a known device needs the right token.
+
+    The token must be for the device's own category and person; a device with a live identity needs
+    exactly its person (or none, for shared stock); a held or leaving device is never touched.
+    """
+    if device.held:
+        raise Conflict(
+            f"This device is held ({device.held_reason}); it cannot be enrolled again until IT releases the hold."
+        )
     if device.state == DeviceState.exiting.value:
         raise Conflict("This device is being offboarded; finish its exit before enrolling it again.")
-    if device.state == DeviceState.registered.value and device.category != category.value:
+    if device.category != token.category:
         raise Conflict(
-            f"This device is registered as {device.category} but the token is for {category.value}. "
+            f"This device is registered as {device.category} but the token is for {token.category}. "
             "Use a token of the device's category."
         )
-    return device
+    live_identity = device.state == DeviceState.enrolled.value
+    someone_else = device.person_id is not None and token.person_id not in (None, device.person_id)
+    if someone_else or (live_identity and token.person_id != device.person_id):
+        raise Conflict(
+            "This device is enrolled for another person (or for none): enrol it again with a token made "
+            "for the device's own person, or ask IT."
+        )
 
 
 def enroll(
@@ -194,9 +212,8 @@ def enroll(
         raise Invalid(
             f"The certificate signing request was refused: {exc.detail}", [{"field": "csr", "message": exc.detail}]
         ) from exc
-    device = _existing_device(session, request, category)
+    device = _existing_device(session, request, token)
     previous_state = device.state if device else None
-    revoked = devices.revoke_certificates(session, device.id, "re-enrolled") if device else []
     device = _bind_device(session, device, request, token, category)
     issued = ca.issue_device_certificate(request.csr, device.id, validity_days)
     devices.add_certificate(
@@ -204,8 +221,6 @@ def enroll(
     )
     token.uses += 1
     session.add(token)
-    if revoked:
-        bump_crl(session)
     actor = Actor(kind="enrolment-token", id=token.id, name=token.id)
     summary = {
         "serial": device.serial,
@@ -213,7 +228,8 @@ def enroll(
         "category": category.value,
         "previous_state": previous_state,
         "certificate_serial": format(issued.serial_number, "x"),
-        "revoked_certificates": revoked,
+        # Older certificates stay live until this one signs its first request (see the channel).
+        "superseding": previous_state == DeviceState.enrolled.value,
         "aup_accepted": request.aup_accepted,
     }
     record(session, actor, "device.enroll", "device", device.id, summary)
@@ -263,19 +279,11 @@ def _bind_device(
 # --- Revocation and the CRL ------------------------------------------------------------------------
 
 
-def bump_crl(session: Session) -> int:
-    state = session.exec(select(PkiState).where(PkiState.id == PKI_STATE_ID).with_for_update()).one()
-    state.crl_number += 1
-    state.crl_updated_at = utcnow()
-    session.add(state)
-    return state.crl_number
-
-
 def revoke_device(session: Session, device_id: str, reason: str, actor: Actor) -> dict[str, object]:
     """Shuts a device out at once: its certificates are revoked and listed by the next CRL."""
     device = devices.lock_for_update(session, device_id)
     serials = devices.revoke_certificates(session, device.id, reason)
-    crl_number = bump_crl(session) if serials else current_crl_number(session)
+    crl_number = devices.current_crl_number(session)
     record(
         session,
         actor,
@@ -287,13 +295,9 @@ def revoke_device(session: Session, device_id: str, reason: str, actor: Actor) -
     return {"device_id": device.id, "revoked_certificates": serials, "crl_number": crl_number}
 
 
-def current_crl_number(session: Session) -> int:
-    return session.exec(select(PkiState.crl_number).where(PkiState.id == PKI_STATE_ID)).one()
-
-
 def crl_der(session: Session, ca: CertificateAuthority) -> bytes:
     # Signed at the number stored with the revocations: a CRL never claims a number its contents don't match.
-    return ca.build_crl(devices.revoked_certificates(session), current_crl_number(session))
+    return ca.build_crl(devices.revoked_certificates(session), devices.current_crl_number(session))
 
 
 # --- When a device lets go ------------------------------------------------------------------------
@@ -312,7 +316,7 @@ def on_command_result(session: Session, command: Command) -> None:
     device = devices.lock_for_update(session, command.device_id)
     reason = UNENROLLING[command.type]
     serials = devices.revoke_certificates(session, device.id, reason)
-    crl_number = bump_crl(session) if serials else current_crl_number(session)
+    crl_number = devices.current_crl_number(session)
     back_to_stock = command.type == CommandType.EraseDevice.value and Category(device.category) in SCHOOL_OWNED
     state = DeviceState.in_stock if back_to_stock else DeviceState.retired
     devices.set_state(session, device, state, unassign=back_to_stock)

@@ -375,7 +375,7 @@ def _certificate(session: Session, step: ExitStep, exit_device: ExitDevice, afte
         step.detail = f"waiting for {after.kind}"
         return
     exit_device.certificate_serials = [live.serial_number] if live else []
-    exit_device.crl_number = enrollment.current_crl_number(session)
+    exit_device.crl_number = devices.current_crl_number(session)
     _finish(
         step,
         StepStatus.done,

@@ -317,7 +317,7 @@ def ca_show(
     from cryptography.hazmat.primitives import hashes
 
     from enrollment.ca import load_or_create_ca
-    from enrollment.service import current_crl_number
+    from mdm.devices import service as devices
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ def ca_show(
     )
     typer.echo(f"files:        {(settings.data_dir / 'ca').resolve()}")
     with _database(settings) as database, database.reading() as session:
-        typer.echo(f"CRL number:   {current_crl_number(session)}  (served at /api/v1/pki/crl)")
+        typer.echo(f"CRL number:   {devices.current_crl_number(session)}  (served at /api/v1/pki/crl)")
 
 
 # --- compliance ------------------------------------------------------------------------------------

@@ -212,18 +212,6 @@ def test_preregistered_device_refuses_a_token_of_another_category(client, auth):
     assert "registered as school_shared" in response.json()["detail"]
 
 
-def test_reenrolment_after_a_wipe_revokes_the_old_certificate(client, auth, tmp_path):
-    cart = make_token(client, auth, category="school_shared", max_uses=5)
-    first = enroll(client, cart["token"], aup=False).json()
-    second = enroll(client, cart["token"], aup=False).json()
-    assert second["device_id"] == first["device_id"]
-    old_serial = x509.load_pem_x509_certificate(first["certificate"].encode()).serial_number
-    crl = x509.load_der_x509_crl(client.get("/api/v1/pki/crl").content)
-    assert crl.get_revoked_certificate_by_serial_number(old_serial) is not None
-    new_serial = x509.load_pem_x509_certificate(second["certificate"].encode()).serial_number
-    assert crl.get_revoked_certificate_by_serial_number(new_serial) is None
-
-
 def test_one_token_enrols_a_cart_of_school_stock(client, auth):
     cart = make_token(client, auth, category="school_shared", max_uses=3)
     serials = ["CART1", "CART2", "CART3", "CART4"]

@@ -14,13 +14,15 @@ from sqlalchemy import delete
 from sqlmodel import Session
 
 from mdm import desired_state
+from mdm.actor import Actor
+from mdm.audit.service import record
 from mdm.channel.models import CheckinResponse, DeviceNonce
 from mdm.commands import service as commands
 from mdm.commands.models import Command, DeviceCommandForDevice
 from mdm.database import insert_ignoring_duplicates
 from mdm.device_signature import SignatureError, check_nonce_format, check_timestamp, verify_request_signature
 from mdm.devices import service as devices
-from mdm.devices.models import Device, DeviceState
+from mdm.devices.models import Device, DeviceCertificate, DeviceState
 from mdm.errors import ProblemError
 from mdm.inventory.models import Inventory
 from mdm.inventory.service import store_inventory
@@ -66,16 +68,8 @@ def parse_signed_request(
 def authenticate(session: Session, request: SignedRequest, now: datetime) -> Device:
     """The device, locked for the rest of the transaction, once its signature, certificate and nonce hold."""
     device = session.get(Device, request.device_id)
-    certificate = devices.latest_certificate(session, request.device_id) if device else None
-    if device is None or certificate is None:
-        raise unauthenticated("Unknown device, or a signature that does not verify.")
-    public_key = x509.load_pem_x509_certificate(certificate.certificate_pem.encode()).public_key()
-    try:
-        verify_request_signature(
-            public_key, request.signature, request.method, request.path, request.timestamp, request.nonce, request.body
-        )
-    except SignatureError as exc:
-        raise unauthenticated(f"Unknown device, or a signature that does not verify: {exc.detail}") from exc
+    candidates = devices.identity_candidates(session, request.device_id) if device else []
+    certificate = _signing_certificate(candidates, request)
     device = devices.lock_for_update(session, request.device_id)
     if certificate.revoked_at is not None:
         raise ProblemError(403, "This device's certificate has been revoked; enrol it again to manage it.")
@@ -84,7 +78,43 @@ def authenticate(session: Session, request: SignedRequest, now: datetime) -> Dev
     if device.state in REFUSED_STATES:
         raise ProblemError(403, f"This device is {REFUSED_STATES[device.state]}; it is no longer managed.")
     _use_nonce(session, request, now)
+    if certificate is candidates[0] and any(c.revoked_at is None for c in candidates[1:]):
+        _supersede_older_identities(session, device, certificate)
     return device
+
+
+def _signing_certificate(candidates: list[DeviceCertificate], request: SignedRequest) -> DeviceCertificate:
+    """The newest candidate whose key made the signature; 401 when none did."""
+    if not candidates:
+        raise unauthenticated("Unknown device, or a signature that does not verify.")
+    detail = ""
+    for certificate in candidates:
+        public_key = x509.load_pem_x509_certificate(certificate.certificate_pem.encode()).public_key()
+        try:
+            verify_request_signature(
+                public_key,
+                request.signature,
+                request.method,
+                request.path,
+                request.timestamp,
+                request.nonce,
+                request.body,
+            )
+        except SignatureError as exc:
+            detail = exc.detail
+            continue
+        return certificate
+    raise unauthenticated(f"Unknown device, or a signature that does not verify: {detail}")
+
+
+def _supersede_older_identities(session: Session, device: Device, proven: DeviceCertificate) -> None:
+    """A re-enrolled device has signed with its new key: only now is its old identity revoked."""
+    serials = devices.revoke_certificates(
+        session, device.id, "superseded: the device enrolled again", keep=proven.serial_number
+    )
+    actor = Actor(kind="device", id=device.id, name=device.id)
+    summary = {"certificate": proven.serial_number, "revoked_certificates": serials}
+    record(session, actor, "device.identity_confirmed", "device", device.id, summary)
 
 
 def _use_nonce(session: Session, request: SignedRequest, now: datetime) -> None:

@@ -131,3 +131,13 @@ class HoldChange(BaseModel):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] | None = PydanticField(
         None, description="Why the device is held (required when holding): e.g. confiscated, legal hold."
     )
+
+
+class PkiState(SQLModel, table=True):
+    """One row: the number of the newest CRL, which must only ever grow."""
+
+    __tablename__ = "pki_state"
+
+    id: int = Field(primary_key=True)
+    crl_number: int = 0
+    crl_updated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, bindparam, insert, update
+from sqlalchemy import Select, bindparam, insert, or_, update
 from sqlmodel import Session, col, select
 
 from mdm import desired_state
@@ -32,6 +32,7 @@ from mdm.devices.models import (
     DeviceRegister,
     DeviceState,
     HoldChange,
+    PkiState,
 )
 from mdm.errors import Conflict, Invalid, NotFound
 from mdm.ids import new_id, utcnow
@@ -40,6 +41,7 @@ from mdm.people import service as people
 CSV_REQUIRED = {"serial", "platform"}
 CSV_OPTIONAL = {"model", "category", "asset_tag", "person_external_id"}
 Progress = Callable[[str, int, int], None]
+PKI_STATE_ID = 1
 
 
 def _school_owned_only(data: DeviceRegister) -> None:
@@ -299,19 +301,65 @@ def latest_certificate(session: Session, device_id: str) -> DeviceCertificate | 
     return session.exec(statement).first()
 
 
-def revoke_certificates(session: Session, device_id: str, reason: str) -> list[str]:
-    """Revokes every live certificate of the device; returns their serials (hex)."""
-    live = session.exec(
-        select(DeviceCertificate).where(
-            DeviceCertificate.device_id == device_id, col(DeviceCertificate.revoked_at).is_(None)
+def identity_candidates(session: Session, device_id: str) -> list[DeviceCertificate]:
+    """The certificates a device may sign with, newest first: its two newest, then any older one still live.
+
+    An older live certificate means the device enrolled again and the new identity has not yet proven
+    itself by signing a request: until it does, the old one keeps working (a re-enrolment started by
+    someone else must not cut the real device off). The second newest is kept even when revoked, so a
+    device whose identity was just superseded is told so (403), not that its signature is unknown.
+    """
+    newest_two = (
+        select(DeviceCertificate.issued_at)
+        .where(DeviceCertificate.device_id == device_id)
+        .order_by(col(DeviceCertificate.issued_at).desc())
+        .limit(2)
+        .subquery()
+    )
+    statement = (
+        select(DeviceCertificate)
+        .where(
+            DeviceCertificate.device_id == device_id,
+            or_(
+                col(DeviceCertificate.revoked_at).is_(None),
+                col(DeviceCertificate.issued_at).in_(select(newest_two.c.issued_at)),
+            ),
         )
-    ).all()
+        .order_by(col(DeviceCertificate.issued_at).desc())
+    )
+    return list(session.exec(statement))
+
+
+def revoke_certificates(session: Session, device_id: str, reason: str, *, keep: str | None = None) -> list[str]:
+    """Revokes every live certificate of the device but `keep`; returns their serials (hex).
+
+    The CRL number grows with every revocation, so relying parties can tell the new list from the old.
+    """
+    statement = select(DeviceCertificate).where(
+        DeviceCertificate.device_id == device_id, col(DeviceCertificate.revoked_at).is_(None)
+    )
+    if keep is not None:
+        statement = statement.where(DeviceCertificate.serial_number != keep)
+    live = session.exec(statement).all()
     now = utcnow()
     for certificate in live:
         certificate.revoked_at, certificate.revocation_reason = now, reason
         session.add(certificate)
     session.flush()
+    if live:
+        _bump_crl(session, now)
     return [c.serial_number for c in live]
+
+
+def _bump_crl(session: Session, now: datetime) -> None:
+    state = session.exec(select(PkiState).where(PkiState.id == PKI_STATE_ID).with_for_update()).one()
+    state.crl_number += 1
+    state.crl_updated_at = now
+    session.add(state)
+
+
+def current_crl_number(session: Session) -> int:
+    return session.exec(select(PkiState.crl_number).where(PkiState.id == PKI_STATE_ID)).one()
 
 
 def revoked_certificates(session: Session) -> list[tuple[int, datetime]]:
