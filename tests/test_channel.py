@@ -386,3 +386,34 @@ def test_old_nonces_are_purged_at_the_next_checkin(client, auth, database):
         )
     assert "an-old-nonce-0000" not in nonces
     assert len(nonces) == 1  # this check-in's own nonce
+
+
+def test_the_school_never_erases_a_personal_device(client, auth):
+    url_of = "/api/v1/devices/{}/commands"
+    for category in ("learner_owned", "staff_owned", "authorised", "visitor_owned"):
+        device = Device(client, auth, category=category, serial=f"PERSONAL-{category.replace('_', '-')}")
+        refused = client.post(
+            url_of.format(device.id), json={"type": "EraseDevice", "confirm": True}, headers=auth(Role.admin)
+        )
+        assert refused.status_code == 409, category
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "personal device" in refused.json()["detail"]
+        assert client.get(url_of.format(device.id), headers=auth(Role.admin)).json()["items"] == []
+        assert device.checkin().json()["commands"] == []
+
+
+def test_an_erase_the_device_ran_after_a_hold_is_recorded_not_dropped(client, auth):
+    device = Device(client, auth)
+    url = f"/api/v1/devices/{device.id}/commands"
+    erase = client.post(url, json={"type": "EraseDevice", "confirm": True}, headers=auth(Role.admin)).json()
+    assert [c["id"] for c in device.checkin().json()["commands"]] == [erase["id"]]
+    hold = {"held": True, "reason": "confiscated: incident 7"}
+    assert client.put(f"/api/v1/devices/{device.id}/hold", json=hold, headers=auth(Role.admin)).status_code == 200
+    assert device.answer(erase["id"]).status_code == 204  # it was already wiping when the hold came
+    history = {c["id"]: c for c in client.get(url, headers=auth(Role.admin)).json()["items"]}
+    assert history[erase["id"]]["status"] == "acknowledged"
+    assert "after it was cancelled" in history[erase["id"]]["result_detail"]
+    after = client.get(f"/api/v1/devices/{device.id}", headers=auth(Role.admin)).json()
+    assert after["state"] == "in_stock"
+    events = client.get(f"/api/v1/audit?object_id={device.id}", headers=auth(Role.auditor)).json()["items"]
+    assert "command.answered_late" in [e["action"] for e in events]

@@ -159,3 +159,18 @@ def test_admin_changes_the_access_policy_and_devices_follow(client, auth):
     assert client.put(
         "/api/v1/access-policy/school_shared", json=change, headers=auth(Role.technician)
     ).status_code == (403)
+
+
+def test_csv_never_turns_a_familys_enrolled_phone_into_school_stock(client, auth):
+    from tests.test_channel import Device
+
+    phone = Device(client, auth, category="learner_owned", serial="PHONE1")
+    owner = client.get(f"/api/v1/devices/{phone.id}", headers=auth(Role.admin)).json()["person_id"]
+    body = DEVICE_HEADER + "PHONE1,ipados,iPhone,school_single_user,IT-66,\n"
+    response = client.post("/api/v1/devices/import", content=body, headers={**auth(Role.technician), **CSV})
+    assert response.status_code == 422
+    error = response.json()["errors"][0]
+    assert (error["line"], error["field"]) == (2, "serial")
+    assert "personal device (learner_owned)" in error["message"]
+    after = client.get(f"/api/v1/devices/{phone.id}", headers=auth(Role.admin)).json()
+    assert (after["category"], after["person_id"], after["asset_tag"]) == ("learner_owned", owner, None)

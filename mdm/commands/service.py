@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.backoff import doubling
+from mdm.categories import PERSONAL, Category
 from mdm.commands.models import (
     OPEN_STATUSES,
     Command,
@@ -24,6 +25,7 @@ from mdm.commands.models import (
     TechnicianCommand,
 )
 from mdm.devices import service as devices
+from mdm.devices.models import Device
 from mdm.errors import Conflict, Invalid, NotFound
 from mdm.ids import new_id, utcnow
 
@@ -134,6 +136,8 @@ def record_result(session: Session, device_id: str, command_id: str, result: Com
     if command.status not in (CommandStatus.sent.value, CommandStatus.not_now.value):
         if command.status == CommandStatus.queued.value:
             raise Conflict("This command has not been delivered to the device yet.")
+        if _answered_after_calling_off(command, result):
+            return _record_late_answer(session, command, result, now)
         return command
     if result.status == "not_now":
         command.not_now_count += 1
@@ -143,11 +147,32 @@ def record_result(session: Session, device_id: str, command_id: str, result: Com
         command.status = result.status
         command.answered_at = now
     command.result_detail = result.detail
+    return _store_answer(session, command)
+
+
+def _store_answer(session: Session, command: Command) -> Command:
     session.add(command)
     session.flush()
     for listener in _result_listeners:
         listener(session, command)
     return command
+
+
+def _answered_after_calling_off(command: Command, result: CommandResult) -> bool:
+    """A command cancelled or expired after it reached the device may have run all the same."""
+    called_off = command.status in (CommandStatus.cancelled.value, CommandStatus.expired.value)
+    return called_off and command.sent_at is not None and result.status != "not_now"
+
+
+def _record_late_answer(session: Session, command: Command, result: CommandResult, now: datetime) -> Command:
+    """What the device did is what the record says: an erase that ran after a hold is never dropped."""
+    called_off = command.status
+    command.status, command.answered_at = result.status, now
+    command.result_detail = f"answered after it was {called_off}" + (f": {result.detail}" if result.detail else "")
+    actor = Actor(kind="device", id=command.device_id, name=command.device_id)
+    summary = {"command_id": command.id, "type": command.type, "was": called_off, "status": result.status}
+    record(session, actor, "command.answered_late", "device", command.device_id, summary)
+    return _store_answer(session, command)
 
 
 def not_now_backoff(times: int) -> timedelta:
@@ -197,7 +222,7 @@ def send_technician_command(session: Session, device_id: str, data: TechnicianCo
     if device.state not in CHANNEL_STATES:
         raise Conflict(f"This device is {device.state}: only enrolled devices receive commands.")
     if data.type == CommandType.EraseDevice.value:
-        _check_erase_allowed(device.held, device.held_reason, data.confirm)
+        _check_erase_allowed(device, data.confirm)
     payload = {"message": data.message} if data.type == CommandType.DeviceLock.value and data.message else {}
     expires_at = utcnow() + timedelta(hours=data.expires_in_hours) if data.expires_in_hours else None
     command = queue_command(
@@ -207,10 +232,15 @@ def send_technician_command(session: Session, device_id: str, data: TechnicianCo
     return command
 
 
-def _check_erase_allowed(held: bool, held_reason: str | None, confirmed: bool) -> None:
-    if held:
+def _check_erase_allowed(device: Device, confirmed: bool) -> None:
+    if Category(device.category) in PERSONAL:
         raise Conflict(
-            f"This device is held ({held_reason}); it must not be erased while evidence may be on it. "
+            f"This is a personal device ({device.category}): the school never erases a family's device. "
+            "To end its management, offboard it (its exit removes MDM and only the school's apps and profiles)."
+        )
+    if device.held:
+        raise Conflict(
+            f"This device is held ({device.held_reason}); it must not be erased while evidence may be on it. "
             "Release the hold first."
         )
     if not confirmed:

@@ -216,6 +216,8 @@ def _plan_device_import(
                     "updated_at": now,
                 }
             )
+        elif (refusal := _import_may_not_touch(current)) is not None:
+            errors.append({"line": line, "field": "serial", "message": f"serial {fields['serial']} {refusal}"})
         elif current["platform"] != fields["platform"]:
             errors.append(
                 {
@@ -233,6 +235,19 @@ def _plan_device_import(
     return plan
 
 
+def _import_may_not_touch(current: dict[str, Any]) -> str | None:
+    """Why an import row may not update this device, if it may not: imports manage school stock only.
+
+    A serial is no secret, so a row must never turn a family's phone into school stock (its leaver's
+    exit would then wipe it), nor reassign a device that is leaving.
+    """
+    if current["category"] not in SCHOOL_OWNED:
+        return f"is a personal device ({current['category']}); imports only create or update school-owned devices"
+    if current["state"] == DeviceState.exiting.value:
+        return "is being offboarded; finish its exit before changing it"
+    return None
+
+
 def _existing_by_serial(session: Session, serials: list[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     columns = (
@@ -243,6 +258,7 @@ def _existing_by_serial(session: Session, serials: list[str]) -> dict[str, dict[
         Device.category,
         Device.asset_tag,
         Device.person_id,
+        Device.state,
     )
     for chunk in chunks(serials):
         for row in session.exec(select(*columns).where(col(Device.serial).in_(chunk))):
