@@ -9,6 +9,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert
 
@@ -22,23 +23,29 @@ from mdm.migrate import upgrade
 from profiles.models import App, ScopeRule
 
 APPS = 60
-SNAPSHOT = {
-    "os_version": "17.5.1",
-    "build": "21F90",
-    "passcode_set": True,
-    "encrypted": True,
-    "jailbroken": False,
-    "malware_protection": None,
-    "profiles": [],
-    # A device's inventory snapshot holds its whole app list, as a real check-in's does.
-    "apps": [{"identifier": f"com.school.app{n:02d}", "version": "2.1", "managed": True} for n in range(APPS)],
-}
-MISSING_ONE = {**SNAPSHOT, "apps": [a for a in SNAPSHOT["apps"] if a["identifier"] != "com.school.app07"]}
+MISSING = 7  # the app that one device in fifty has lost
 
 
-def _catalogue(session) -> list[str]:  # type: ignore[no-untyped-def]
+def _snapshots(apps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A complete device's inventory snapshot, and one missing app number MISSING."""
+    snapshot = {
+        "os_version": "17.5.1",
+        "build": "21F90",
+        "passcode_set": True,
+        "encrypted": True,
+        "jailbroken": False,
+        "malware_protection": None,
+        "profiles": [],
+        # A device's inventory snapshot holds its whole app list, as a real check-in's does.
+        "apps": [{"identifier": f"com.school.app{n:02d}", "version": "2.1", "managed": True} for n in range(apps)],
+    }
+    missing = {**snapshot, "apps": [a for a in snapshot["apps"] if a["identifier"] != f"com.school.app{MISSING:02d}"]}
+    return snapshot, missing
+
+
+def _catalogue(session, apps: int = APPS) -> list[str]:  # type: ignore[no-untyped-def]
     now = utcnow()
-    ids = [new_id() for _ in range(APPS)]
+    ids = [new_id() for _ in range(apps)]
     session.execute(
         insert(App),
         [
@@ -60,10 +67,12 @@ def _catalogue(session) -> list[str]:  # type: ignore[no-untyped-def]
     return ids
 
 
-def _fleet(database, devices: int) -> None:  # type: ignore[no-untyped-def]
+def _fleet(database, devices: int, apps: int = APPS) -> None:  # type: ignore[no-untyped-def]
+    """N enrolled devices with `apps` required school apps each (tests use fewer, to build it quickly)."""
     now = utcnow()
+    snapshot, missing = _snapshots(apps)
     with database.writing() as session:
-        _catalogue(session)
+        _catalogue(session, apps)
     for start in range(0, devices, 2000):
         with database.writing() as session:
             ids = [new_id() for _ in range(min(2000, devices - start))]
@@ -94,18 +103,18 @@ def _fleet(database, devices: int) -> None:  # type: ignore[no-untyped-def]
                         "device_id": i,
                         "reported_at": now,
                         "content_hash": "x",
-                        "snapshot": MISSING_ONE if k % 50 == 0 else SNAPSHOT,
+                        "snapshot": missing if k % 50 == 0 else snapshot,
                     }
                     for k, i in enumerate(ids)
                 ],
             )
-            apps = [
+            installed = [
                 {"device_id": i, "identifier": f"com.school.app{n:02d}", "version": "2.1", "managed": True}
                 for k, i in enumerate(ids)
-                for n in range(APPS)
-                if not (k % 50 == 0 and n == 7)
+                for n in range(apps)
+                if not (k % 50 == 0 and n == MISSING)
             ]
-            session.execute(insert(DeviceApp), apps)
+            session.execute(insert(DeviceApp), installed)
     with database.writing() as session:
         refresh_statistics(session, "device", "device_app", "device_inventory", "app", "scope_rule")
 

@@ -1,14 +1,23 @@
 """Every error leaves the service as application/problem+json (RFC 9457), never as a stack trace."""
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+# The database went away (restart, failover, network) or every pooled connection is busy: the request
+# may succeed if sent again shortly, so it is a 503 the client can act on, not a 500.
+DATABASE_UNAVAILABLE = (OperationalError, DisconnectionError, PoolTimeoutError)
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+log = logging.getLogger("mdm.errors")
 
 
 class ProblemError(Exception):
@@ -95,7 +104,20 @@ async def _on_http(_request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
 
 
+async def _on_database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    # One line, no traceback (the access log line beside it has the request id and path): during an
+    # outage every request fails the same way.
+    log.warning("database unavailable: %s", (str(exc).splitlines() or [type(exc).__name__])[0])
+    return problem_response(
+        503,
+        "The database is not reachable right now; try again shortly.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _on_database_unavailable)
