@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mdm.errors import problem_response
 from mdm.ids import new_id
-from mdm.logging import request_id_var
+from mdm.logging import printable, request_id_var
 
 log = logging.getLogger("mdm.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
@@ -48,7 +48,7 @@ class RequestContextMiddleware:
         except Exception:
             # Caught here rather than by Starlette so the log line keeps the request id and the
             # client gets problem+json with no trace.
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            log.exception("unhandled error in %s %s", *_request_line(scope))
             if not response_started:
                 response = problem_response(
                     500, "Something went wrong on the server. It has been logged with this request's id."
@@ -57,8 +57,7 @@ class RequestContextMiddleware:
         finally:
             log.info(
                 "%s %s %s",
-                scope["method"],
-                scope["path"],
+                *_request_line(scope),
                 status,
                 extra={"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
             )
@@ -125,6 +124,11 @@ def _too_large(limit: int) -> Any:
     return problem_response(
         413, f"The request body is larger than this service accepts ({limit:,} bytes).", max_bytes=limit
     )
+
+
+def _request_line(scope: Scope) -> tuple[str, str]:
+    """Method and path escaped at the source, so no log handler ever sees a raw CR or LF from a client."""
+    return printable(scope["method"]), printable(scope["path"])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
