@@ -35,6 +35,7 @@ from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
 from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from mdm.people.api import router as people_router
+from mdm.private_files import private_dir
 from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
 from mdm.settings import Settings, get_settings
@@ -88,6 +89,7 @@ def _all_jobs(settings: Settings) -> list[JobSpec]:
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
+    private_dir(settings.data_dir)  # before anything (database, keys, CA) is created in it
     owns_database = database is None
     database = database or open_database(settings.resolved_database_url)
 
@@ -112,7 +114,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.settings = settings
     app.state.scheduler = scheduler
     app.state.database = database
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
     app.state.sealer = Sealer.load_or_create(settings.data_dir)
     app.state.profile_signer = load_or_create_profile_signer(
