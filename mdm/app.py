@@ -38,6 +38,7 @@ from mdm.people.api import router as people_router
 from mdm.private_files import private_dir
 from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
+from mdm.security_headers import SecurityHeadersMiddleware
 from mdm.settings import Settings, get_settings
 from profiles import reconciler
 from profiles import service as profiles_service
@@ -128,4 +129,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes
     )
     app.add_middleware(RequestContextMiddleware)
+    # Outermost, so even a 413 or a 500 from the middlewares inside carries the headers.
+    app.add_middleware(
+        SecurityHeadersMiddleware, docs_paths=(app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    )
     return app
