@@ -33,7 +33,7 @@ from mdm.database import Database, open_database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
-from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware, import_routes
 from mdm.people.api import router as people_router
 from mdm.private_files import private_dir
 from mdm.scheduler import JobSpec, Scheduler
@@ -124,9 +124,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    # Outermost first: the request id exists before the body limit can refuse anything.
+    # Each add_middleware wraps the ones before it: the request id exists before the body limit can
+    # refuse anything. The routers are included without a prefix, so their paths are what clients send.
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_import_bytes=settings.max_import_bytes,
+        import_routes=import_routes(route for router in ROUTERS for route in router.routes),
     )
     app.add_middleware(RequestContextMiddleware)
     # Outermost, so even a 413 or a 500 from the middlewares inside carries the headers.
