@@ -1,12 +1,11 @@
 """Reports for technicians: the state of the fleet, and the list of devices to chase."""
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Iterator
 
 from sqlmodel import Session, col, select
 
+from mdm.csv_export import csv_lines
 from mdm.devices.models import Device
 from mdm.people.models import Person
 
@@ -31,22 +30,21 @@ def summary(session: Session) -> dict[str, object]:
 
 def noncompliant_csv(session: Session) -> Iterator[str]:
     """Streams one line per non-compliant device, with the person it belongs to and every reason."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        [
-            "device_id",
-            "serial",
-            "asset_tag",
-            "category",
-            "person_external_id",
-            "person_name",
-            "failing_since",
-            "quarantined",
-            "reasons",
-        ]
-    )
-    yield _drain(buffer)
+    return csv_lines(_noncompliant_rows(session))
+
+
+def _noncompliant_rows(session: Session) -> Iterator[list[object]]:
+    yield [
+        "device_id",
+        "serial",
+        "asset_tag",
+        "category",
+        "person_external_id",
+        "person_name",
+        "failing_since",
+        "quarantined",
+        "reasons",
+    ]
     statement = (
         select(Device, Person.external_id, Person.display_name)
         .join(Person, col(Person.id) == Device.person_id, isouter=True)
@@ -56,24 +54,14 @@ def noncompliant_csv(session: Session) -> Iterator[str]:
     )
     for device, external_id, name in session.exec(statement):
         reasons = "; ".join(f"{f['rule']}: {f['detail']}" for f in device.compliance_failures)
-        writer.writerow(
-            [
-                device.id,
-                device.serial or "",
-                device.asset_tag or "",
-                device.category,
-                external_id or "",
-                name or "",
-                device.compliance_failing_since.isoformat() if device.compliance_failing_since else "",
-                "yes" if device.quarantined_at else "no",
-                reasons,
-            ]
-        )
-        yield _drain(buffer)
-
-
-def _drain(buffer: io.StringIO) -> str:
-    text = buffer.getvalue()
-    buffer.seek(0)
-    buffer.truncate()
-    return text
+        yield [
+            device.id,
+            device.serial,
+            device.asset_tag,
+            device.category,
+            external_id,
+            name,
+            device.compliance_failing_since.isoformat() if device.compliance_failing_since else None,
+            "yes" if device.quarantined_at else "no",
+            reasons,
+        ]

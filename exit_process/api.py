@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from exit_process import service
 from exit_process.models import CaseStatus, ExitCase, ExitCasePublic, ExitCreate, StepNote
-from exit_process.report import as_html, evidence
+from exit_process.report import CONTENT_SECURITY_POLICY, as_html, evidence
 from mdm.actor import Role
 from mdm.csv_import import check_media_type
 from mdm.database import Database
@@ -102,5 +102,5 @@ def exit_report(
     report = evidence(session, service.get_case(session, case_id))
     wants_html = format_ == "html" or (format_ is None and "text/html" in request.headers.get("accept", ""))
     if wants_html:
-        return HTMLResponse(as_html(report))
+        return HTMLResponse(as_html(report), headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
     return JSONResponse(report)

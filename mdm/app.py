@@ -33,10 +33,12 @@ from mdm.database import Database, open_database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
-from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware, import_routes
 from mdm.people.api import router as people_router
+from mdm.private_files import private_dir
 from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
+from mdm.security_headers import SecurityHeadersMiddleware
 from mdm.settings import Settings, get_settings
 from profiles import reconciler
 from profiles import service as profiles_service
@@ -88,6 +90,7 @@ def _all_jobs(settings: Settings) -> list[JobSpec]:
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
+    private_dir(settings.data_dir)  # before anything (database, keys, CA) is created in it
     owns_database = database is None
     database = database or open_database(settings.resolved_database_url)
 
@@ -112,7 +115,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.settings = settings
     app.state.scheduler = scheduler
     app.state.database = database
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
     app.state.sealer = Sealer.load_or_create(settings.data_dir)
     app.state.profile_signer = load_or_create_profile_signer(
@@ -122,9 +124,17 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    # Outermost first: the request id exists before the body limit can refuse anything.
+    # Each add_middleware wraps the ones before it: the request id exists before the body limit can
+    # refuse anything. The routers are included without a prefix, so their paths are what clients send.
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_import_bytes=settings.max_import_bytes,
+        import_routes=import_routes(route for router in ROUTERS for route in router.routes),
     )
     app.add_middleware(RequestContextMiddleware)
+    # Outermost, so even a 413 or a 500 from the middlewares inside carries the headers.
+    app.add_middleware(
+        SecurityHeadersMiddleware, docs_paths=(app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    )
     return app

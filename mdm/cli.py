@@ -16,6 +16,7 @@ from mdm.actor import Role, cli_actor
 from mdm.categories import Platform
 from mdm.database import Database, open_database
 from mdm.errors import Invalid, ProblemError
+from mdm.private_files import private_dir
 from mdm.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -113,7 +114,7 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**{**get_settings().model_dump(), **overrides})
     configure_logging(settings.log_level, settings.log_json)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     upgrade(settings.resolved_database_url)
     _print_welcome(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
@@ -147,7 +148,7 @@ def db_upgrade() -> None:
     from mdm.migrate import current_revision, upgrade
 
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     upgrade(settings.resolved_database_url)
     database = open_database(settings.resolved_database_url)
     try:
@@ -320,7 +321,7 @@ def ca_show(
     from mdm.devices import service as devices
 
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
     if pem:
         typer.echo(ca.certificate_pem, nl=False)

@@ -19,7 +19,11 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
 
+from mdm.private_files import PRIVATE_FILE, private_dir, private_file, restrict
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# SQLite's side files; each holds recent rows of the database, so each is as private as the database.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -74,15 +78,25 @@ class Database:
 
 def open_database(url: str, *, echo: bool = False) -> Database:
     if make_url(url).get_backend_name() == "sqlite":
+        _private_sqlite_files(make_url(url).database)
         return Database(_sqlite_engine(url, immediate=True, echo=echo), _sqlite_engine(url, False, echo))
     engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, echo=echo)
     return Database(engine, engine)
 
 
+def _private_sqlite_files(database: str | None) -> None:
+    """The file holds learners' names: 0600 from the start, and its journals with it."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.exists():
+        private_dir(path.parent)
+    private_file(path)
+    for suffix in SQLITE_COMPANIONS:
+        restrict(path.with_name(path.name + suffix), PRIVATE_FILE)
+
+
 def _sqlite_engine(url: str, immediate: bool, echo: bool) -> Engine:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         echo=echo,

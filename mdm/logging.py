@@ -1,7 +1,12 @@
-"""Structured logs: every line carries the request id; JSON lines when MDM_LOG_JSON=1."""
+"""Structured logs: every line carries the request id; JSON lines when MDM_LOG_JSON=1.
+
+Values from a request (a path, a header) are escaped before they reach a text log line: a path like
+`/healthz%0A...` would otherwise start a line of the attacker's choosing (log forging).
+"""
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -15,6 +20,15 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "color_message",
     "taskName",
 }
+
+
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: each can end a line in some viewer.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(value: object) -> str:
+    """The value on one line: control characters become visible escapes such as \\n or \\x1b."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(value))
 
 
 class _RequestIdFilter(logging.Filter):
@@ -39,10 +53,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    """One line per record (a traceback, which the service writes itself, may follow on its own lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = printable(super().formatMessage(record))
         extras = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
-        return line + ("  " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else "")
+        return line + ("  " + " ".join(f"{k}={printable(v)}" for k, v in extras.items()) if extras else "")
 
 
 def configure_logging(level: str = "INFO", as_json: bool = False) -> None:

@@ -6,13 +6,16 @@ Written as plain ASGI so the body limit applies while the body streams in, befor
 import logging
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mdm.errors import problem_response
+from mdm.errors import ProblemError, problem_response
 from mdm.ids import new_id
-from mdm.logging import request_id_var
+from mdm.logging import printable, request_id_var
 
 log = logging.getLogger("mdm.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
@@ -48,7 +51,7 @@ class RequestContextMiddleware:
         except Exception:
             # Caught here rather than by Starlette so the log line keeps the request id and the
             # client gets problem+json with no trace.
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            log.exception("unhandled error in %s %s", *_request_line(scope))
             if not response_started:
                 response = problem_response(
                     500, "Something went wrong on the server. It has been logged with this request's id."
@@ -57,8 +60,7 @@ class RequestContextMiddleware:
         finally:
             log.info(
                 "%s %s %s",
-                scope["method"],
-                scope["path"],
+                *_request_line(scope),
                 status,
                 extra={"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
             )
@@ -66,30 +68,64 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over the limit with 413, whether announced by Content-Length or streamed."""
+    """Refuses bodies over the limit with 413, whether announced by Content-Length or streamed.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_import_bytes: int) -> None:
+    An ordinary request's body is read (up to `max_bytes`) before any handler runs. The import routes
+    alone may take up to `max_import_bytes`, and for them nothing is read here: their handlers
+    authenticate first and then pull the body through a counting `receive`, so a caller without a
+    token of a role that may import never gets a byte past the headers into memory.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, max_import_bytes: int, import_routes: Iterable[re.Pattern[str]] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_import_bytes = max_import_bytes
-
-    def _limit_for(self, path: str) -> int:
-        return self.max_import_bytes if path.endswith("/import") else self.max_bytes
+        self.import_routes = tuple(import_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self._limit_for(scope["path"])
+        is_import = scope["method"] == "POST" and any(route.match(scope["path"]) for route in self.import_routes)
+        limit = self.max_import_bytes if is_import else self.max_bytes
         declared = _header(scope, b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             await _too_large(limit)(scope, receive, send)
+            return
+        if is_import:
+            await self.app(scope, _counting(receive, limit), send)
             return
         body, complete = await _read_up_to(receive, limit)
         if not complete:
             await _too_large(limit)(scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), send)
+
+
+def import_routes(routes: Iterable[BaseRoute]) -> list[re.Pattern[str]]:
+    """The app's real CSV import routes (POST .../import), which read their own body after authentication."""
+    return [
+        route.path_regex
+        for route in routes
+        if isinstance(route, APIRoute) and route.path.endswith("/import") and "POST" in route.methods
+    ]
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    size = 0
+
+    async def counted() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            # Raised inside the handler's read, so the error handlers answer it as problem+json.
+            raise ProblemError(413, _too_large_detail(limit), max_bytes=limit)
+        return message
+
+    return counted
 
 
 async def _read_up_to(receive: Receive, limit: int) -> tuple[bytes, bool]:
@@ -122,9 +158,16 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _too_large(limit: int) -> Any:
-    return problem_response(
-        413, f"The request body is larger than this service accepts ({limit:,} bytes).", max_bytes=limit
-    )
+    return problem_response(413, _too_large_detail(limit), max_bytes=limit)
+
+
+def _too_large_detail(limit: int) -> str:
+    return f"The request body is larger than this service accepts ({limit:,} bytes)."
+
+
+def _request_line(scope: Scope) -> tuple[str, str]:
+    """Method and path escaped at the source, so no log handler ever sees a raw CR or LF from a client."""
+    return printable(scope["method"]), printable(scope["path"])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
