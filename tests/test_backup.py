@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from mdm.actor import Role, cli_actor
 from mdm.agent import enroll_device, run_device
 from mdm.app import create_app
+from mdm.audit.service import record
 from mdm.auth.models import TokenCreate
 from mdm.auth.service import create_token
 from mdm.backup import BackupError, create_backup, restore_backup
@@ -369,7 +370,26 @@ def test_postgresql_backup_and_restore_with_pg_dump_and_devices_check_in(setting
     )
     run_device(device_dir, http=client)
     archive = tmp_path / "pg.tar.gz"
+    stop, written = threading.Event(), []
+
+    def write_audit_events() -> None:  # the chain's head and its events must come from one snapshot
+        database = open_database(settings.resolved_database_url)
+        while not stop.is_set():
+            with database.writing() as session:
+                record(session, cli_actor(), "test.load", "test", None, {"n": len(written)})
+            written.append(time.monotonic())
+        database.dispose()
+
+    writer = threading.Thread(target=write_audit_events, daemon=True)
+    writer.start()
+    while not written:
+        time.sleep(0.01)
+    started = time.monotonic()
     manifest = create_backup(settings, archive, backed_up_data()).manifest
+    finished = time.monotonic()
+    stop.set()
+    writer.join(timeout=30)
+    assert any(started < at < finished for at in written), "no audit event was written while pg_dump ran"
     assert manifest["database"] == "postgresql"
     with tarfile.open(archive, "r:gz") as tar:
         assert "database/mdm.pgdump" in tar.getnames()
