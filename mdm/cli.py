@@ -187,9 +187,9 @@ def backup(
     ],
     force: Annotated[bool, typer.Option("--force", help="Replace FILE if it already exists.")] = False,
 ) -> None:
-    """Write one archive holding everything a restore needs, consistent while the service runs and writes.
+    """Back up the database, the CA and keys to one archive, while the service runs.
 
-    Inside: the database, the data directory's CA (its key and certificate, and the profile signer) and
+    The archive holds everything a restore needs: the database, the data directory's CA (its key and certificate, and the profile signer) and
     secrets.key (which opens sealed secrets: no restore works without it), and a manifest with the schema
     revision, the time, this version and a SHA-256 per file. SQLite is copied with SQLite's online backup
     API: one consistent snapshot, taken without stopping the service. PostgreSQL is dumped with
@@ -226,7 +226,7 @@ def restore(
         ),
     ] = False,
 ) -> None:
-    """Put an installation back from a backup archive, then verify the audit chain.
+    """Restore from an `mdm backup` archive, then verify the audit chain.
 
     Restores into MDM_DATA_DIR and MDM_DATABASE_URL, which must be empty unless --force: a data directory
     with anything in it, or a database with tables, is refused and left as it was. The archive is checked
