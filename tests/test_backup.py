@@ -37,6 +37,7 @@ from mdm.settings import Settings
 from tests.live_server import live_server
 
 CLI_TIMEOUT = 60
+OLDER_REVISION = "0007"  # any revision before the newest
 
 
 def _mdm(data_dir: Path, *args: str, database_url: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -430,3 +431,25 @@ def test_postgresql_without_pg_dump_says_exactly_what_to_run(settings, client, t
     password = make_url(settings.database_url).password
     assert not password or password not in message  # never print the password
     assert not (tmp_path / "pg.tar.gz").exists()
+
+
+def test_an_archive_from_an_older_schema_is_restored_then_migrated(tmp_path):
+    from enrollment.ca import load_or_create_ca
+    from mdm.migrate import current_revision, head_revision, upgrade
+    from mdm.sealing import Sealer
+
+    old = Settings(data_dir=tmp_path / "old", scheduler="off")
+    old.data_dir.mkdir()
+    upgrade(old.resolved_database_url, OLDER_REVISION)  # as a previous version of the service left it
+    load_or_create_ca(old.data_dir, None)
+    Sealer.load_or_create(old.data_dir)
+    archive = tmp_path / "old.tar.gz"
+    assert create_backup(old, archive, backed_up_data()).manifest["schema_revision"] == OLDER_REVISION
+
+    target = Settings(data_dir=tmp_path / "new", scheduler="off")
+    report = restore_backup(target, archive)
+    assert report.upgraded_from == OLDER_REVISION
+    assert report.chain.ok
+    engine = create_engine(target.resolved_database_url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
