@@ -21,7 +21,7 @@ from enrollment.ca import load_or_create_ca, load_or_create_profile_signer
 from exit_process import jobs as exit_jobs
 from exit_process import service as exit_service
 from exit_process.api import router as exit_router
-from mdm import desired_state
+from mdm import desired_state, housekeeping
 from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
 from mdm.auth.api import router as tokens_router
@@ -83,8 +83,9 @@ def _all_jobs(settings: Settings) -> list[JobSpec]:
         *enrollment_jobs.JOBS,
         *exit_jobs.jobs(settings.timezone),
         *compliance_jobs.JOBS,
-        *webhook_jobs.jobs(Sealer.load_or_create(settings.data_dir)),
+        *webhook_jobs.jobs(Sealer.load_or_create(settings.data_dir), settings.retention_days),
         *os_release_jobs.jobs(settings),
+        *housekeeping.jobs(settings.retention_days),
     ]
 
 

@@ -169,6 +169,102 @@ def db_current() -> None:
         database.dispose()
 
 
+# --- backup and restore ----------------------------------------------------------------------------
+
+
+def backed_up_data() -> tuple[str, ...]:
+    """What a backup takes from the data directory beside the database: the CA (key, certificate and
+    the profile signer it certified) and the key that opens sealed secrets."""
+    from enrollment.ca import CA_DIR_NAME
+    from mdm.sealing import KEY_FILE
+
+    return (CA_DIR_NAME, KEY_FILE)
+
+
+@app.command()
+def backup(
+    file: Annotated[
+        Path, typer.Argument(help="The archive to write (a .tar.gz), e.g. /srv/backups/mdm-2026-07-01.tar.gz.")
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Replace FILE if it already exists.")] = False,
+) -> None:
+    """Back up the database, the CA and keys to one archive, while the service runs.
+
+    The archive holds everything a restore needs: the database, the data directory's CA (its key and certificate, and the profile signer) and
+    secrets.key (which opens sealed secrets: no restore works without it), and a manifest with the schema
+    revision, the time, this version and a SHA-256 per file. SQLite is copied with SQLite's online backup
+    API: one consistent snapshot, taken without stopping the service. PostgreSQL is dumped with
+    `pg_dump --format=custom`, which must be on PATH (the same major version as the server); without it
+    this command says exactly what to run by hand.
+
+    Every file in the archive is mode 0600 and so is the archive: it holds the CA key, so keep it as safe
+    as the data directory. An encrypted CA key stays encrypted: keep MDM_CA_PASSPHRASE too. FILE is
+    written atomically (a temporary file renamed into place) and never overwritten without --force.
+    Put it back with `mdm restore FILE`.
+    """
+    from mdm.backup import BackupError, create_backup
+
+    try:
+        result = create_backup(get_settings(), file, backed_up_data(), force=force)
+    except BackupError as exc:
+        _fail(str(exc), code=2)
+    manifest = result.manifest
+    err.print(
+        f"Backed up the {manifest['database']} database (schema {manifest['schema_revision']}) and "
+        f"{len(manifest['files']) - 1} key file(s) to {result.path} ({result.size:,} bytes).",
+        highlight=False,
+    )
+
+
+@app.command()
+def restore(
+    file: Annotated[Path, typer.Argument(help="An archive written by `mdm backup`.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a data directory or database that is not empty. Stop the service first.",
+        ),
+    ] = False,
+) -> None:
+    """Restore from an `mdm backup` archive, then verify the audit chain.
+
+    Restores into MDM_DATA_DIR and MDM_DATABASE_URL, which must be empty unless --force: a data directory
+    with anything in it, or a database with tables, is refused and left as it was. The archive is checked
+    whole first (its manifest, the schema revision, a SHA-256 per file) and nothing is replaced until
+    every file matches. Files are written 0600 in 0700 folders. An archive from an older version is
+    restored and then migrated; one from a newer version is refused. A PostgreSQL archive needs
+    pg_restore on PATH. Afterwards the CA is loaded (an encrypted key needs the MDM_CA_PASSPHRASE it was
+    made with) and the audit chain is verified, as `mdm audit verify` does: exit 1 if it is broken.
+    Enrolled devices then check in as before, with the certificates they have.
+    """
+    from enrollment.ca import CAError, load_or_create_ca
+    from mdm.backup import BackupError, restore_backup
+
+    settings = get_settings()
+    try:
+        result = restore_backup(settings, file, force=force)
+    except BackupError as exc:
+        _fail(str(exc), code=2)
+    manifest = result.manifest
+    err.print(
+        f"Restored the {manifest['database']} database and key files from {file} "
+        f"(made {manifest['created_at']} by version {manifest['tool_version']}).",
+        highlight=False,
+    )
+    if result.upgraded_from:
+        err.print(f"The schema was migrated from revision {result.upgraded_from} to the newest.", highlight=False)
+    try:
+        load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
+    except CAError as exc:
+        _fail(f"the restored CA cannot be loaded: {exc}")
+    report = result.chain
+    if not report.ok:
+        typer.echo(f"The audit chain is BROKEN at event {report.first_broken_seq}: {report.problem}.")
+        raise typer.Exit(1)
+    typer.echo(f"The audit chain is intact: {report.events_checked} events verified.")
+
+
 # --- tokens ----------------------------------------------------------------------------------------
 
 

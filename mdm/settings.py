@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     command_redelivery_seconds: int = Field(900, ge=10)
     # How long a replica's claim on a scheduled job outlives its last sign of life before another takes over.
     job_lease_seconds: int = Field(300, ge=1, le=86400)
+    # How long finished job runs and delivered webhook rows are kept before the daily prune deletes them.
+    retention_days: int = Field(90, ge=1, le=36500)
     # OS release data for compliance (the macadmins SOFA feeds); an empty value turns that feed off.
     os_feed_ios_url: str = Field(
         "https://sofafeed.macadmins.io/v1/ios_data_feed.json", description="Fills both iOS and iPadOS."

@@ -108,6 +108,8 @@ def test_the_scheduler_switch(settings, database):
         "compliance-nightly",
         "deliver-webhooks",
         "forget-dead-enrolment-links",
+        "prune-job-runs",
+        "prune-webhook-deliveries",
         "purge-stale-nonces",
         "start-due-exits",
         "sync-os-releases",

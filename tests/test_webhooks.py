@@ -467,7 +467,7 @@ def test_the_delivery_log_is_paginated_newest_first(client, auth, database):
 
 
 def test_the_job_runs_every_minute_and_delivers(client, auth, database, receiver, settings):
-    [spec] = jobs.jobs(Sealer.load_or_create(settings.data_dir))
+    spec, _prune = jobs.jobs(Sealer.load_or_create(settings.data_dir), settings.retention_days)
     assert (spec.name, spec.cron) == ("deliver-webhooks", "* * * * *")
     _create(client, auth, receiver.url, ["device.enrolled"], secret=SECRET)
     _emit(database, "device.enrolled", {"device_id": "d-1"})

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
+from sqlmodel import col
 
 from compliance.webhooks import service
-from compliance.webhooks.models import DeliveryStatus
+from compliance.webhooks.models import DeliveryStatus, WebhookDelivery
 from mdm.database import Database
+from mdm.housekeeping import prune, retention_cutoff
 from mdm.ids import utcnow
 from mdm.scheduler import JobContext, JobSpec
 from mdm.sealing import Sealer, SealError
@@ -112,10 +114,35 @@ def _count(report: DeliveryReport, status: DeliveryStatus | None) -> None:
         report.lost += 1
 
 
-def jobs(sealer: Sealer) -> list[JobSpec]:
-    """The delivery job, given the sealer of the data directory the app runs with (the secrets' key)."""
+def prune_delivered(context: JobContext, retention_days: int) -> str:
+    """The outbox doubles as the delivery log; delivered rows past retention are only history.
+
+    Pending rows are the outbox itself and failed or cancelled ones are the evidence an admin needs to
+    fix a receiver: only delivered rows are ever deleted.
+    """
+    cutoff = retention_cutoff(retention_days)
+    deleted = prune(
+        context.database,
+        WebhookDelivery,
+        col(WebhookDelivery.status) == DeliveryStatus.delivered.value,
+        col(WebhookDelivery.delivered_at) < cutoff,
+        reason={"rule": "delivered webhook rows", "older_than": cutoff},
+        keep_alive=context.still_running,
+    )
+    return f"deleted {deleted} delivered webhook row(s) older than {retention_days} day(s)"
+
+
+def jobs(sealer: Sealer, retention_days: int) -> list[JobSpec]:
+    """Delivery, given the sealer of the data directory the app runs with (the secrets' key), and pruning."""
 
     def deliver_webhooks(context: JobContext) -> str:
         return str(deliver_due(context.database, sealer, keep_alive=context.still_running))
 
-    return [JobSpec(name="deliver-webhooks", cron="* * * * *", work=deliver_webhooks)]
+    return [
+        JobSpec(name="deliver-webhooks", cron="* * * * *", work=deliver_webhooks),
+        JobSpec(
+            name="prune-webhook-deliveries",
+            cron="25 3 * * *",
+            work=lambda context: prune_delivered(context, retention_days),
+        ),
+    ]
