@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from alembic import command
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,7 +28,9 @@ from sqlalchemy import text
 
 from compliance.webhooks import destinations, jobs, service
 from mdm.actor import Role
+from mdm.database import open_database
 from mdm.errors import PROBLEM_JSON
+from mdm.migrate import alembic_config, upgrade
 from mdm.settings import Settings
 from tests.live_server import free_port
 from tests.test_webhooks import SECRET, Receiver, running_receiver
@@ -400,3 +403,52 @@ def test_tls_to_the_pinned_address_is_verified_for_the_name(dns, tmp_path):
     assert response.status_code == 204
     assert server_names[0] == "hooks.school.test"  # SNI carries the name, not 127.0.0.1
     assert hosts == [f"hooks.school.test:{port}"]
+
+
+def test_errors_logged_before_the_fix_are_made_neutral(database_url):
+    # An upgraded service must not keep showing auditors what older attempts found out.
+    command.downgrade(alembic_config(database_url), "0008")
+    gave_up = "; gave up after 31 attempt(s), 24 hours after the event"
+    logged = {
+        "refused": "ConnectError: [Errno 111] Connection refused",
+        "unreachable": "ConnectError: [Errno 113] No route to host" + gave_up,
+        "protocol": "RemoteProtocolError: illegal status line: bytearray(b'SSH-2.0-OpenSSH_9.6')",
+        "redirect": "HTTP 302: redirects are not followed (to http://10.0.0.5/admin); fix the URL",
+        "status": "HTTP 500",
+        "status-gave-up": "HTTP 503" + gave_up,
+        "timeout": "no answer within 10 s",
+        "pending": None,
+    }
+    database = open_database(database_url)
+    try:
+        with database.write_engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO webhook (id, url, events, created_at, created_by) "
+                    "VALUES ('w', 'http://10.0.0.5/', '[]', '2026-01-01 00:00:00', 'test')"
+                )
+            )
+            for key, error in logged.items():
+                connection.execute(
+                    text(
+                        "INSERT INTO webhook_delivery (id, webhook_id, event_id, event_type, body, status, attempts,"
+                        " created_at, last_error) VALUES (:id, 'w', :id, 'device.enrolled', '{}', 'pending', 1,"
+                        " '2026-01-01 00:00:00', :error)"
+                    ),
+                    {"id": key, "error": error},
+                )
+        upgrade(database_url)
+        with database.read_engine.connect() as connection:
+            stored = dict(connection.execute(text("SELECT id, last_error FROM webhook_delivery")).all())
+    finally:
+        database.dispose()
+    assert stored == {
+        "refused": "connection failed",
+        "unreachable": "connection failed" + gave_up,
+        "protocol": "connection failed",
+        "redirect": "HTTP 302: redirects are not followed",
+        "status": "HTTP 500",
+        "status-gave-up": "HTTP 503" + gave_up,
+        "timeout": "no answer within 10 s",
+        "pending": None,
+    }
