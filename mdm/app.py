@@ -14,6 +14,7 @@ from compliance.os_releases import jobs as os_release_jobs
 from compliance.os_releases.api import router as os_releases_router
 from compliance.webhooks import jobs as webhook_jobs
 from compliance.webhooks.api import router as webhooks_router
+from compliance.webhooks.destinations import AllowList
 from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
@@ -83,7 +84,9 @@ def _all_jobs(settings: Settings) -> list[JobSpec]:
         *enrollment_jobs.JOBS,
         *exit_jobs.jobs(settings.timezone),
         *compliance_jobs.JOBS,
-        *webhook_jobs.jobs(Sealer.load_or_create(settings.data_dir), settings.retention_days),
+        *webhook_jobs.jobs(
+            Sealer.load_or_create(settings.data_dir), AllowList.from_settings(settings), settings.retention_days
+        ),
         *os_release_jobs.jobs(settings),
         *housekeeping.jobs(settings.retention_days),
     ]

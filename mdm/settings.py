@@ -1,6 +1,8 @@
 """Settings from the environment (prefix MDM_), as the operator's contract in API.md describes."""
 
+import re
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +37,16 @@ class Settings(BaseSettings):
         "https://sofafeed.macadmins.io/v1/ios_data_feed.json", description="Fills both iOS and iPadOS."
     )
     os_feed_macos_url: str = "https://sofafeed.macadmins.io/v1/macos_data_feed.json"
+    webhook_allowed_hosts: str = Field(
+        "",
+        description=(
+            "Internal webhook receivers the operator trusts, comma-separated: host names (matched exactly, "
+            "whatever they resolve to) and/or addresses and CIDR networks (e.g. `mis.school.internal, "
+            "10.20.0.0/16`). Webhooks otherwise go to public addresses only: a URL whose host is or resolves "
+            "to a loopback, private, link-local, shared, multicast, reserved or cloud metadata address is "
+            "refused when it is registered and again at each delivery."
+        ),
+    )
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -48,6 +60,20 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {value!r}; use an IANA name like Europe/London") from exc
         return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _names_and_networks(cls, value: str) -> str:
+        _allowed_hosts(value)  # refuse a typo at start-up rather than refuse every delivery later
+        return value
+
+    @property
+    def webhook_allowed_names(self) -> frozenset[str]:
+        return _allowed_hosts(self.webhook_allowed_hosts)[0]
+
+    @property
+    def webhook_allowed_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return _allowed_hosts(self.webhook_allowed_hosts)[1]
 
     @property
     def resolved_database_url(self) -> str:
@@ -63,6 +89,23 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _allowed_hosts(value: str) -> tuple[frozenset[str], tuple[IPv4Network | IPv6Network, ...]]:
+    """MDM_WEBHOOK_ALLOWED_HOSTS split into host names (lower case, no trailing dot) and networks."""
+    names, networks = set(), []
+    for entry in filter(None, (part.strip().lower().rstrip(".") for part in value.split(","))):
+        if _HOST_NAME.fullmatch(entry) and not entry.replace(".", "").isdigit():
+            names.add(entry)
+            continue
+        try:
+            networks.append(ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is neither a host name nor an address or CIDR network") from None
+    return frozenset(names), tuple(networks)
 
 
 @lru_cache

@@ -22,15 +22,18 @@ from fastapi import APIRouter, Response
 from sqlalchemy import text
 
 from compliance.webhooks import jobs, service
+from compliance.webhooks.destinations import AllowList
 from mdm.actor import Role
 from mdm.dependencies import WriteSession
 from mdm.scheduler import run_slot
 from mdm.sealing import Sealer
+from mdm.settings import Settings
 from tests.live_server import free_port
 
 SECRET = "test-secret-0123456789abcdef"
 DAY = 24 * 3600
 RECEIVER_LIFETIME_SECONDS = 120
+ALLOWED_HOSTS = "127.0.0.1, hooks.example.org"  # MDM_WEBHOOK_ALLOWED_HOSTS
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,17 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The receivers here are on loopback, and hooks.example.org is never resolved: the operator allows both."""
+    return Settings(**{**settings.model_dump(), "webhook_allowed_hosts": ALLOWED_HOSTS})
+
+
+@pytest.fixture
+def allowed(settings: Settings) -> AllowList:
+    return AllowList.from_settings(settings)
+
+
+@pytest.fixture
 def sealer(app):  # type: ignore[no-untyped-def]
     return app.state.sealer
 
@@ -164,7 +178,7 @@ def test_a_generated_secret_is_shown_once_and_never_again(client, auth, database
     assert secret not in stored  # sealed, not stored in the clear
 
 
-def test_a_given_secret_is_used_and_deleting_stops_the_webhook(client, auth, database, sealer, receiver):
+def test_a_given_secret_is_used_and_deleting_stops_the_webhook(client, auth, database, sealer, receiver, allowed):
     created = _create(client, auth, receiver.url, ["exit.completed"], secret=SECRET, description="MIS")
     assert created["secret"] == SECRET
     assert created["description"] == "MIS"
@@ -174,7 +188,7 @@ def test_a_given_secret_is_used_and_deleting_stops_the_webhook(client, auth, dat
     assert client.get("/api/v1/webhooks", headers=auth(Role.admin)).json()["items"] == []
     assert client.delete(f"/api/v1/webhooks/{created['id']}", headers=auth(Role.admin)).status_code == 404
     _emit(database, "exit.completed", {"case_id": "c-2"})  # no subscriber any more
-    assert str(jobs.deliver_due(database, sealer)) == "delivered 0, retrying 0, gave up on 0"
+    assert str(jobs.deliver_due(database, sealer, allowed)) == "delivered 0, retrying 0, gave up on 0"
     assert receiver.requests == []
     with database.read_engine.connect() as connection:
         rows = connection.execute(text("SELECT status FROM webhook_delivery")).scalars().all()
@@ -232,7 +246,7 @@ def test_unknown_webhooks_are_404(client, auth):
 # --- Emitting and delivering -----------------------------------------------------------------------
 
 
-def test_an_event_reaches_each_subscriber_signed(client, auth, database, sealer, receiver):
+def test_an_event_reaches_each_subscriber_signed(client, auth, database, sealer, receiver, allowed):
     first = _create(client, auth, receiver.url, ["device.noncompliant"], secret=SECRET)
     other_secret = "another-secret-0123456789"
     second = _create(
@@ -243,7 +257,7 @@ def test_an_event_reaches_each_subscriber_signed(client, auth, database, sealer,
     event_id = _emit(database, "device.noncompliant", data)
     _emit(database, "exit.completed", {"case_id": "c-1"})  # nobody subscribed: nothing queued
 
-    report = jobs.deliver_due(database, sealer)
+    report = jobs.deliver_due(database, sealer, allowed)
 
     assert str(report) == "delivered 2, retrying 0, gave up on 0"
     assert sorted(r.path for r in receiver.requests) == ["/hook/", "/hook/second"]
@@ -269,11 +283,11 @@ def test_an_event_reaches_each_subscriber_signed(client, auth, database, sealer,
         assert delivery["last_status_code"] == 200
         assert delivery["next_attempt_at"] is None
         assert delivery["event_id"] == event_id
-    assert str(jobs.deliver_due(database, sealer)) == "delivered 0, retrying 0, gave up on 0"  # sent once
+    assert str(jobs.deliver_due(database, sealer, allowed)) == "delivered 0, retrying 0, gave up on 0"  # sent once
     assert len(receiver.requests) == 2
 
 
-def test_an_event_whose_transaction_rolls_back_is_never_sent(client, auth, database, sealer, receiver):
+def test_an_event_whose_transaction_rolls_back_is_never_sent(client, auth, database, sealer, receiver, allowed):
     webhook = _create(client, auth, receiver.url, ["device.quarantined"], secret=SECRET)
 
     class Refused(Exception):
@@ -287,7 +301,7 @@ def test_an_event_whose_transaction_rolls_back_is_never_sent(client, auth, datab
     with pytest.raises(Refused):
         failing_change()
 
-    assert str(jobs.deliver_due(database, sealer)) == "delivered 0, retrying 0, gave up on 0"
+    assert str(jobs.deliver_due(database, sealer, allowed)) == "delivered 0, retrying 0, gave up on 0"
     assert receiver.requests == []
     assert _deliveries(client, auth, webhook["id"]) == []
 
@@ -297,7 +311,7 @@ def test_emit_refuses_an_unknown_event_type(database):
         service.emit(session, "device.exploded", {})
 
 
-def test_failures_are_retried_with_growing_delays(client, auth, database, sealer, receiver):
+def test_failures_are_retried_with_growing_delays(client, auth, database, sealer, receiver, allowed):
     webhook = _create(client, auth, receiver.url, ["compliance.run_completed"], secret=SECRET)
     event_id = _emit(database, "compliance.run_completed", {"run_id": "r-1", "non_compliant": 3})
     receiver.answers = [500, 503, 500]  # then 200
@@ -306,10 +320,10 @@ def test_failures_are_retried_with_growing_delays(client, auth, database, sealer
     now = _parse(delivery["next_attempt_at"])
     attempted_at, delays = [], []
     while True:
-        assert str(jobs.deliver_due(database, sealer, now=now - timedelta(seconds=1))).startswith(
+        assert str(jobs.deliver_due(database, sealer, allowed, now=now - timedelta(seconds=1))).startswith(
             "delivered 0, retrying 0"
         )
-        jobs.deliver_due(database, sealer, now=now)
+        jobs.deliver_due(database, sealer, allowed, now=now)
         attempted_at.append(now)
         [delivery] = _deliveries(client, auth, webhook["id"])
         if delivery["status"] != "pending":
@@ -333,7 +347,7 @@ def test_failures_are_retried_with_growing_delays(client, auth, database, sealer
     assert all(r.signed_with(SECRET) for r in receiver.requests)
 
 
-def test_it_gives_up_24_hours_after_the_event(client, auth, database, sealer, receiver):
+def test_it_gives_up_24_hours_after_the_event(client, auth, database, sealer, receiver, allowed):
     webhook = _create(client, auth, receiver.url, ["exit.step_failed"], secret=SECRET)
     _emit(database, "exit.step_failed", {"case_id": "c-1", "step": "remove_mdm"})
     receiver.default = 500
@@ -343,7 +357,7 @@ def test_it_gives_up_24_hours_after_the_event(client, auth, database, sealer, re
     now, attempted_at = occurred, []
     while delivery["status"] == "pending":
         now = _parse(delivery["next_attempt_at"])
-        jobs.deliver_due(database, sealer, now=now)
+        jobs.deliver_due(database, sealer, allowed, now=now)
         attempted_at.append(now)
         [delivery] = _deliveries(client, auth, webhook["id"])
 
@@ -363,14 +377,15 @@ def test_it_gives_up_24_hours_after_the_event(client, auth, database, sealer, re
     assert delivery["last_status_code"] == 500
     assert "gave up after 31 attempt(s), 24 hours after the event" in delivery["last_error"]
     assert (
-        str(jobs.deliver_due(database, sealer, now=now + timedelta(days=2))) == "delivered 0, retrying 0, gave up on 0"
+        str(jobs.deliver_due(database, sealer, allowed, now=now + timedelta(days=2)))
+        == "delivered 0, retrying 0, gave up on 0"
     )
     assert _deliveries(client, auth, webhook["id"], status="failed")[0]["id"] == delivery["id"]
     assert _deliveries(client, auth, webhook["id"], status="pending") == []
 
 
 def test_a_hanging_receiver_delays_no_request_and_counts_as_a_failed_attempt(
-    app, client, auth, database, sealer, receiver
+    app, client, auth, database, sealer, receiver, allowed
 ):
     router = APIRouter()
 
@@ -384,7 +399,7 @@ def test_a_hanging_receiver_delays_no_request_and_counts_as_a_failed_attempt(
     assert client.post("/test/emitting-change").status_code == 204
     receiver.hang_seconds = 10  # far longer than the sender waits
 
-    sending = threading.Thread(target=jobs.deliver_due, args=(database, sealer), kwargs={"timeout": 2.0})
+    sending = threading.Thread(target=jobs.deliver_due, args=(database, sealer, allowed), kwargs={"timeout": 2.0})
     started = time.monotonic()
     sending.start()
     assert receiver.arrived.wait(5), "the receiver never got the event"
@@ -412,24 +427,24 @@ def test_a_hanging_receiver_delays_no_request_and_counts_as_a_failed_attempt(
         assert timedelta(seconds=32) <= waited < timedelta(seconds=38)
 
 
-def test_dead_receivers_and_redirects_are_failed_attempts(client, auth, database, sealer, receiver):
+def test_dead_receivers_and_redirects_are_failed_attempts(client, auth, database, sealer, receiver, allowed):
     dead = _create(client, auth, f"http://127.0.0.1:{free_port()}/gone", ["device.enrolled"], secret=SECRET)
     redirecting = _create(client, auth, receiver.url, ["device.enrolled"], secret=SECRET)
     receiver.answers = [302]
     _emit(database, "device.enrolled", {"device_id": "d-1"})
 
-    assert str(jobs.deliver_due(database, sealer)) == "delivered 0, retrying 2, gave up on 0"
+    assert str(jobs.deliver_due(database, sealer, allowed)) == "delivered 0, retrying 2, gave up on 0"
 
     [refused] = _deliveries(client, auth, dead["id"])
     assert refused["last_status_code"] is None
-    assert refused["last_error"].startswith("ConnectError")
+    assert refused["last_error"] == "connection failed"  # no socket error: the log is no port scanner
     [redirected] = _deliveries(client, auth, redirecting["id"])
     assert redirected["last_status_code"] == 302
     assert "redirects are not followed" in redirected["last_error"]
     assert len(receiver.requests) == 1  # the redirect's target was never requested
 
 
-def test_two_senders_at_once_send_each_event_once(client, auth, database, sealer, receiver):
+def test_two_senders_at_once_send_each_event_once(client, auth, database, sealer, receiver, allowed):
     _create(client, auth, receiver.url, ["device.compliant"], secret=SECRET)
     with database.writing() as session:
         event_ids = service.emit_many(session, [("device.compliant", {"device_id": f"d-{i}"}) for i in range(30)])
@@ -437,7 +452,7 @@ def test_two_senders_at_once_send_each_event_once(client, auth, database, sealer
 
     def sender(_: int) -> jobs.DeliveryReport:
         barrier.wait()
-        return jobs.deliver_due(database, sealer, batch_size=4)
+        return jobs.deliver_due(database, sealer, allowed, batch_size=4)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         reports = list(pool.map(sender, range(2)))
@@ -466,8 +481,8 @@ def test_the_delivery_log_is_paginated_newest_first(client, auth, database):
 # --- The scheduled job -----------------------------------------------------------------------------
 
 
-def test_the_job_runs_every_minute_and_delivers(client, auth, database, receiver, settings):
-    spec, _prune = jobs.jobs(Sealer.load_or_create(settings.data_dir), settings.retention_days)
+def test_the_job_runs_every_minute_and_delivers(client, auth, database, receiver, settings, allowed):
+    spec, _prune = jobs.jobs(Sealer.load_or_create(settings.data_dir), allowed, settings.retention_days)
     assert (spec.name, spec.cron) == ("deliver-webhooks", "* * * * *")
     _create(client, auth, receiver.url, ["device.enrolled"], secret=SECRET)
     _emit(database, "device.enrolled", {"device_id": "d-1"})

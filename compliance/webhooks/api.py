@@ -3,6 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from compliance.webhooks import service
+from compliance.webhooks.destinations import AllowList
 from compliance.webhooks.models import (
     DeliveryPublic,
     DeliveryStatus,
@@ -13,7 +14,7 @@ from compliance.webhooks.models import (
     WebhookPublic,
 )
 from mdm.actor import Role
-from mdm.dependencies import AppSealer, ReadSession, WriteSession, allow
+from mdm.dependencies import AppSealer, AppSettings, ReadSession, WriteSession, allow
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
@@ -23,9 +24,14 @@ Paging = Annotated[PageParams, Depends(page_params)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated)
-def create_webhook(data: WebhookCreate, session: WriteSession, actor: Admin, sealer: AppSealer) -> WebhookCreated:
-    """Subscribes a URL to events. Each POST to it is signed with the secret, which this answer alone shows."""
-    return service.create_webhook(session, data, actor, sealer)
+def create_webhook(
+    data: WebhookCreate, session: WriteSession, actor: Admin, sealer: AppSealer, settings: AppSettings
+) -> WebhookCreated:
+    """Subscribes a URL to events. Each POST to it is signed with the secret, which this answer alone shows.
+
+    The URL's host must resolve to public addresses only, unless MDM_WEBHOOK_ALLOWED_HOSTS allows it (422).
+    """
+    return service.create_webhook(session, data, actor, sealer, AllowList.from_settings(settings))
 
 
 @router.get("", response_model=Page[WebhookPublic])

@@ -3,8 +3,14 @@
 Each batch: claim due rows and commit; send them, in parallel, outside any transaction; record the
 results in a new transaction. A slow or dead receiver therefore holds no lock and delays no request,
 no compliance run and no other receiver for longer than one timeout per batch.
+
+Each request goes through destinations.PinnedTransport: a host that now resolves to an address it may
+not be sent to is not contacted. The delivery log, which auditors read, records a neutral reason for
+a failure ("connection failed", "refused: address not allowed"), never a socket error: that detail
+would tell which internal ports answer. The operator's log gets the detail.
 """
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +21,7 @@ import httpx
 from sqlmodel import col
 
 from compliance.webhooks import service
+from compliance.webhooks.destinations import AllowList, HostNotFound, PinnedTransport, RefusedDestination
 from compliance.webhooks.models import DeliveryStatus, WebhookDelivery
 from mdm.database import Database
 from mdm.housekeeping import prune, retention_cutoff
@@ -28,6 +35,11 @@ PARALLEL_SENDS = 8
 # Stop claiming new batches after this long, so one run ends before the next minute's begins.
 TIME_BUDGET_SECONDS = 45.0
 USER_AGENT = "school-mdm-webhooks/1"
+REFUSED = "refused: address not allowed"
+HOST_NOT_FOUND = "host not found"
+CONNECTION_FAILED = "connection failed"
+
+log = logging.getLogger("mdm.webhooks")
 
 
 @dataclass
@@ -45,6 +57,7 @@ class DeliveryReport:
 def deliver_due(
     database: Database,
     sealer: Sealer,
+    allowed: AllowList,
     *,
     now: datetime | None = None,
     timeout: float = SEND_TIMEOUT_SECONDS,
@@ -53,12 +66,19 @@ def deliver_due(
 ) -> DeliveryReport:
     """Sends every delivery due now, batch after batch, until none is left or the time budget is spent.
 
-    `now` fixes the clock (tests replay a day of retries with it); `keep_alive` is called after each
-    batch (the scheduler's lease renewal).
+    `allowed` is the operator's MDM_WEBHOOK_ALLOWED_HOSTS; `now` fixes the clock (tests replay a day
+    of retries with it); `keep_alive` is called after each batch (the scheduler's lease renewal).
     """
     report = DeliveryReport()
     started = time.monotonic()
-    with httpx.Client(timeout=timeout, follow_redirects=False, headers={"User-Agent": USER_AGENT}) as client:
+    client = httpx.Client(
+        transport=PinnedTransport(allowed),
+        timeout=timeout,
+        follow_redirects=False,  # a redirect's target would escape the address check
+        trust_env=False,  # no proxy from the environment: it would connect wherever it is told
+        headers={"User-Agent": USER_AGENT},
+    )
+    with client:
         while time.monotonic() - started < TIME_BUDGET_SECONDS:
             with database.writing() as session:
                 claimed = service.claim_due(session, now or utcnow(), batch_size)
@@ -91,16 +111,26 @@ def send(client: httpx.Client, sealer: Sealer, claimed: service.Claimed, now: da
     try:
         # Streamed and never read: only the status matters, so a receiver's body cannot hold us up.
         with client.stream("POST", claimed.url, content=claimed.body.encode(), headers=headers) as response:
-            code, location = response.status_code, response.headers.get("location")
-    except httpx.TimeoutException:
-        return service.Outcome(None, f"no answer within {client.timeout.read:g} s")
-    except httpx.HTTPError as exc:
-        return service.Outcome(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            code = response.status_code
+    except (RefusedDestination, httpx.HTTPError) as exc:
+        log.warning("webhook delivery %s to %s failed: %r", claimed.id, claimed.url, exc)
+        return service.Outcome(None, _neutral(exc, client.timeout.read))
     if 200 <= code < 300:
         return service.Outcome(code, None)
     if 300 <= code < 400:
-        return service.Outcome(code, f"HTTP {code}: redirects are not followed (to {location}); fix the URL")
+        return service.Outcome(code, f"HTTP {code}: redirects are not followed")
     return service.Outcome(code, f"HTTP {code}")
+
+
+def _neutral(exc: Exception, timeout: float | None) -> str:
+    """What the delivery log may say about a failed attempt: the kind of failure, nothing it found out."""
+    if isinstance(exc, HostNotFound):
+        return HOST_NOT_FOUND
+    if isinstance(exc, RefusedDestination):
+        return REFUSED
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {timeout:g} s"
+    return CONNECTION_FAILED
 
 
 def _count(report: DeliveryReport, status: DeliveryStatus | None) -> None:
@@ -132,11 +162,12 @@ def prune_delivered(context: JobContext, retention_days: int) -> str:
     return f"deleted {deleted} delivered webhook row(s) older than {retention_days} day(s)"
 
 
-def jobs(sealer: Sealer, retention_days: int) -> list[JobSpec]:
-    """Delivery, given the sealer of the data directory the app runs with (the secrets' key), and pruning."""
+def jobs(sealer: Sealer, allowed: AllowList, retention_days: int) -> list[JobSpec]:
+    """Delivery, given the sealer of the data directory the app runs with (the secrets' key) and the
+    operator's allowed internal hosts, and pruning."""
 
     def deliver_webhooks(context: JobContext) -> str:
-        return str(deliver_due(context.database, sealer, keep_alive=context.still_running))
+        return str(deliver_due(context.database, sealer, allowed, keep_alive=context.still_running))
 
     return [
         JobSpec(name="deliver-webhooks", cron="* * * * *", work=deliver_webhooks),

@@ -80,7 +80,11 @@ Secret = Annotated[str, StringConstraints(min_length=16, max_length=200)]
 
 
 class WebhookCreate(BaseModel):
-    url: WebhookUrl
+    url: WebhookUrl = PydanticField(
+        description="http or https, no user name or password. Its host must resolve to public addresses only "
+        "(no loopback, private, link-local, shared, multicast, reserved or metadata address) unless the "
+        "operator allows it with MDM_WEBHOOK_ALLOWED_HOSTS; otherwise 422."
+    )
     events: list[EventType] = PydanticField(min_length=1, max_length=len(EventType))
     secret: Secret | None = PydanticField(
         None, description="The HMAC-SHA256 key. Leave it out and one is made and shown once, in the answer."
@@ -124,5 +128,8 @@ class DeliveryPublic(BaseModel):
     next_attempt_at: datetime | None = PydanticField(description="null once delivered, failed or cancelled")
     last_attempt_at: datetime | None
     last_status_code: int | None = PydanticField(description="The receiver's HTTP status; null if none came back")
-    last_error: str | None
+    last_error: str | None = PydanticField(
+        description="Why the last attempt failed, in neutral words: 'connection failed', 'host not found', "
+        "'refused: address not allowed', 'no answer within N s', 'HTTP n'; never a socket error"
+    )
     delivered_at: datetime | None

@@ -17,6 +17,7 @@ import pydantic_core
 from sqlalchemy import Select, insert, update
 from sqlmodel import Session, col, select
 
+from compliance.webhooks.destinations import AllowList, RefusedDestination, check_registration
 from compliance.webhooks.models import (
     DeliveryStatus,
     EventType,
@@ -29,7 +30,7 @@ from compliance.webhooks.models import (
 from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.backoff import doubling
-from mdm.errors import NotFound
+from mdm.errors import Invalid, NotFound
 from mdm.ids import new_id, utcnow
 from mdm.sealing import Sealer
 
@@ -50,7 +51,11 @@ def to_public(webhook: Webhook) -> WebhookPublic:
     return WebhookPublic.model_validate(webhook, from_attributes=True)
 
 
-def create_webhook(session: Session, data: WebhookCreate, actor: Actor, sealer: Sealer) -> WebhookCreated:
+def create_webhook(
+    session: Session, data: WebhookCreate, actor: Actor, sealer: Sealer, allowed: AllowList
+) -> WebhookCreated:
+    # Before the session's first statement: no write transaction waits on a DNS answer.
+    check_destination(str(data.url.host), allowed)
     secret = data.secret or SECRET_PREFIX + secrets.token_urlsafe(32)
     webhook = Webhook(
         id=new_id(),
@@ -65,6 +70,18 @@ def create_webhook(session: Session, data: WebhookCreate, actor: Actor, sealer: 
     summary = {"url": webhook.url, "events": webhook.events, "description": webhook.description}
     record(session, actor, "webhook.create", "webhook", webhook.id, summary)
     return WebhookCreated(**to_public(webhook).model_dump(), secret=secret)
+
+
+def check_destination(host: str, allowed: AllowList) -> None:
+    """422 unless the host is allowed or resolves to public addresses only (destinations says why)."""
+    try:
+        check_registration(host, allowed)
+    except RefusedDestination as exc:
+        why = (
+            f"{exc}. Webhooks go to public addresses only; an operator can allow an internal host "
+            "with MDM_WEBHOOK_ALLOWED_HOSTS."
+        )
+        raise Invalid(f"The webhook URL's host is refused: {why}", [{"field": "body.url", "message": why}]) from exc
 
 
 def webhooks_query() -> Select[Any]:
