@@ -33,8 +33,9 @@ from mdm.database import Database, open_database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
-from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from mdm.middleware import BodyLimitMiddleware, FailedAuthLimitMiddleware, RequestContextMiddleware
 from mdm.people.api import router as people_router
+from mdm.ratelimit import AbuseLimits
 from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
 from mdm.settings import Settings, get_settings
@@ -86,8 +87,11 @@ def _all_jobs(settings: Settings) -> list[JobSpec]:
     ]
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, database: Database | None = None, abuse_limits: AbuseLimits | None = None
+) -> FastAPI:
     settings = settings or get_settings()
+    abuse_limits = abuse_limits or AbuseLimits(settings)
     owns_database = database is None
     database = database or open_database(settings.resolved_database_url)
 
@@ -112,6 +116,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.settings = settings
     app.state.scheduler = scheduler
     app.state.database = database
+    app.state.abuse_limits = abuse_limits
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
     app.state.sealer = Sealer.load_or_create(settings.data_dir)
@@ -122,9 +127,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    # Outermost first: the request id exists before the body limit can refuse anything.
+    # Added innermost first: the request id exists before anything is refused, and a client over
+    # its failed-authentication limit is refused before its body is read.
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes
     )
+    app.add_middleware(FailedAuthLimitMiddleware, limits=abuse_limits)
     app.add_middleware(RequestContextMiddleware)
     return app

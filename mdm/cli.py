@@ -116,7 +116,11 @@ def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     _print_welcome(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    # Only the proxies named here may say who the client is (X-Forwarded-For); the abuse limits count by it.
+    proxies = {"forwarded_allow_ips": settings.forwarded_allow_ips} if settings.forwarded_allow_ips else {}
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False, **proxies
+    )
 
 
 def _print_welcome(settings: Settings) -> None:

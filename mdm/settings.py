@@ -33,6 +33,20 @@ class Settings(BaseSettings):
         "https://sofafeed.macadmins.io/v1/ios_data_feed.json", description="Fills both iOS and iPadOS."
     )
     os_feed_macos_url: str = "https://sofafeed.macadmins.io/v1/macos_data_feed.json"
+    # Abuse limits (mdm/ratelimit.py): only refused credentials and enrolment attempts are counted,
+    # per client address and per credential, in each replica's memory. "off" for a trusted network only.
+    rate_limits: Literal["on", "off"] = "on"
+    auth_failures_per_address: int = Field(30, ge=1)
+    auth_failures_per_credential: int = Field(10, ge=1)
+    auth_failure_window_seconds: int = Field(60, ge=1)
+    # A whole cart of iPads behind one school NAT address enrols at once; guessing tokens does not.
+    enroll_attempts_per_address: int = Field(300, ge=1)
+    enroll_failures_per_address: int = Field(20, ge=1)
+    enroll_failures_per_token: int = Field(5, ge=1)
+    enroll_window_seconds: int = Field(300, ge=1)
+    # Proxies whose X-Forwarded-For names the client (uvicorn's --forwarded-allow-ips); unset keeps
+    # uvicorn's default (its FORWARDED_ALLOW_IPS variable, else 127.0.0.1). Others are the client.
+    forwarded_allow_ips: str | None = None
     log_json: bool = False
     log_level: str = "INFO"
 
