@@ -15,7 +15,7 @@ from rich.table import Table
 from mdm.actor import Role, cli_actor
 from mdm.categories import Platform
 from mdm.database import Database, open_database
-from mdm.errors import Invalid, ProblemError
+from mdm.errors import ProblemError
 from mdm.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -274,8 +274,8 @@ def _import_file(path: Path, run: Callable[..., object]) -> None:
 
         try:
             with database.writing() as session:
-                result = run(session, data, cli_actor(), report)
-        except Invalid as exc:
+                result = run(session, data, cli_actor(), report, max_rows=get_settings().import_max_rows)
+        except ProblemError as exc:
             _report_problem(exc)
     typer.echo(json.dumps(result.model_dump()))  # type: ignore[attr-defined]
 

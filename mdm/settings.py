@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-For names the client (uvicorn's --forwarded-allow-ips); unset keeps
     # uvicorn's default (its FORWARDED_ALLOW_IPS variable, else 127.0.0.1). Others are the client.
     forwarded_allow_ips: str | None = None
+    # Records in one CSV import (people, devices, leavers); a bigger file is refused with 413, to be split.
+    import_max_rows: int = Field(200_000, ge=1)
     log_json: bool = False
     log_level: str = "INFO"
 
