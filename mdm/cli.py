@@ -116,11 +116,23 @@ def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     _print_welcome(settings)
-    # Only the proxies named here may say who the client is (X-Forwarded-For); the abuse limits count by it.
-    proxies = {"forwarded_allow_ips": settings.forwarded_allow_ips} if settings.forwarded_allow_ips else {}
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False, **proxies
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        **_proxy_options(settings.forwarded_allow_ips),
     )
+
+
+def _proxy_options(trusted: str | None) -> dict[str, object]:
+    """Only the proxies named here may say who the client is (X-Forwarded-For); the abuse limits count by it."""
+    if trusted is None:
+        return {}  # uvicorn's own default: its FORWARDED_ALLOW_IPS variable, else loopback
+    if not trusted.strip():
+        return {"proxy_headers": False}  # no proxy: the socket peer is the client
+    return {"forwarded_allow_ips": trusted}
 
 
 def _print_welcome(settings: Settings) -> None:

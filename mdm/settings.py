@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     enroll_failures_per_address: int = Field(20, ge=1)
     enroll_failures_per_token: int = Field(5, ge=1)
     enroll_window_seconds: int = Field(300, ge=1)
-    # Proxies whose X-Forwarded-For names the client (uvicorn's --forwarded-allow-ips); unset keeps
-    # uvicorn's default (its FORWARDED_ALLOW_IPS variable, else 127.0.0.1). Others are the client.
+    # Proxies whose X-Forwarded-For names the client (uvicorn's --forwarded-allow-ips, comma-separated);
+    # unset keeps uvicorn's default (its FORWARDED_ALLOW_IPS variable, else loopback); empty trusts none.
     forwarded_allow_ips: str | None = None
     # Records in one CSV import (people, devices, leavers); a bigger file is refused with 413, to be split.
     import_max_rows: int = Field(200_000, ge=1)

@@ -5,6 +5,7 @@ Each client address is its own TestClient on one app; time is a clock the test m
 
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -13,6 +14,7 @@ from mdm.app import create_app
 from mdm.database import Database
 from mdm.ratelimit import AbuseLimits, Rate, TokenBuckets, client_address
 from mdm.settings import Settings
+from tests.live_server import live_server
 from tests.pki import csr_pem, new_key
 from tests.test_channel import Device
 
@@ -254,3 +256,26 @@ def test_the_store_stays_bounded_when_keys_keep_coming(clock):
         buckets.spend(rate, f"guess-{number}")
     assert len(buckets._buckets) <= 100
     assert buckets.wait(rate, "guess-999") == 30  # the newest keys are the ones kept
+
+
+# --- who the client is, over real HTTP -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("trusted_proxies", "forwarded_for_counts"),
+    [(None, True), ("127.0.0.1", True), ("192.0.2.1", False), ("", False)],
+    ids=["default-loopback", "loopback", "another-proxy", "none"],
+)
+def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(tmp_path, trusted_proxies, forwarded_for_counts):
+    env = {} if trusted_proxies is None else {"MDM_FORWARDED_ALLOW_IPS": trusted_proxies}
+    database_url = f"sqlite:///{tmp_path / 'mdm.sqlite3'}"
+    with live_server(tmp_path / "data", database_url, extra_env=env) as server, httpx.Client() as http:
+
+        def guess(forwarded_for: str, secret: str) -> int:
+            headers = {"Authorization": f"Bearer {secret}", "X-Forwarded-For": forwarded_for}
+            return http.get(f"{server.url}/api/v1/devices", headers=headers).status_code
+
+        assert {guess("203.0.113.7", f"mdm_guess-{n}") for n in range(30)} == {401}
+        assert guess("203.0.113.7", "mdm_guess-new") == 429
+        # Another client behind the proxy is its own address only when the proxy is trusted to say so.
+        assert guess("198.51.100.20", "mdm_guess-other") == (401 if forwarded_for_counts else 429)
