@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 from starlette.types import Scope
 
@@ -208,15 +209,18 @@ def client_address(scope: Scope) -> str:
     """The key for the client's address: the address itself, or its /64 for IPv6."""
     client = scope.get("client")
     host = client[0] if client else "unknown"
+    return _ipv6_key(host) if ":" in host else host
+
+
+@lru_cache(maxsize=4096)
+def _ipv6_key(host: str) -> str:
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.IPv6Address(host)
     except ValueError:
         return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
-    return str(address)
+    if address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
 
 
 def _digest(secret: str) -> str:
