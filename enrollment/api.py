@@ -16,8 +16,9 @@ from enrollment.models import (
 )
 from enrollment.qr import qr_png, qr_svg
 from mdm.actor import Role
-from mdm.dependencies import READERS, AppSealer, AppSettings, ReadSession, WriteSession, allow
+from mdm.dependencies import READERS, AppDatabase, AppSealer, AppSettings, ReadSession, WriteSession, allow
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.ratelimit import AbuseLimits, client_address
 
 router = APIRouter(tags=["enrolment"])
 Staff = allow(Role.admin, Role.technician)
@@ -83,10 +84,20 @@ def enrollment_qr_png(
     return Response(qr_png(link), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-@router.post("/api/v1/enroll", status_code=status.HTTP_201_CREATED, response_model=EnrollResponse)
-def enroll(data: EnrollRequest, session: WriteSession, ca: CA, settings: AppSettings) -> EnrollResponse:
+@router.post(
+    "/api/v1/enroll",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EnrollResponse,
+    responses={429: {"description": "Too many enrolment attempts, or refused tokens, from this address."}},
+)
+def enroll(
+    data: EnrollRequest, request: Request, database: AppDatabase, ca: CA, settings: AppSettings
+) -> EnrollResponse:
     """A device enrols itself: the enrolment token is the credential, the CSR carries its new key."""
-    return service.enroll(session, data, ca, settings.base_url, settings.device_certificate_days)
+    limits: AbuseLimits = request.app.state.abuse_limits
+    # The limit is asked before the write transaction opens, so a refused flood takes no database lock.
+    with limits.enrolment(client_address(request.scope), data.token), database.writing() as session:
+        return service.enroll(session, data, ca, settings.base_url, settings.device_certificate_days)
 
 
 @router.post("/api/v1/devices/{device_id}/revoke", response_model=dict[str, Any])

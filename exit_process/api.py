@@ -44,7 +44,7 @@ async def import_leavers(
 
     def run() -> dict[str, Any]:
         with database.writing() as session:
-            return service.import_leavers_csv(session, data, actor, settings.timezone)
+            return service.import_leavers_csv(session, data, actor, settings.timezone, settings.import_max_rows)
 
     return await run_in_threadpool(run)
 

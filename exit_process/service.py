@@ -35,6 +35,7 @@ from mdm.audit.service import record
 from mdm.categories import SCHOOL_OWNED, Category
 from mdm.commands import service as commands
 from mdm.commands.models import Command, CommandType
+from mdm.csv_import import DEFAULT_MAX_ROWS
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceState
 from mdm.errors import Conflict, NotFound
@@ -606,11 +607,13 @@ CSV_REQUIRED = {"external_id", "leaving_date"}
 CSV_OPTIONAL = {"reason"}
 
 
-def import_leavers_csv(session: Session, data: bytes, actor: Actor, timezone: str) -> dict[str, Any]:
+def import_leavers_csv(
+    session: Session, data: bytes, actor: Actor, timezone: str, max_rows: int = DEFAULT_MAX_ROWS
+) -> dict[str, Any]:
     """external_id,leaving_date,reason: every line checked first; one bad line and no case is opened."""
     from mdm.csv_import import invalid_lines, parse_csv
 
-    parsed = parse_csv(data, CSV_REQUIRED, CSV_OPTIONAL)
+    parsed = parse_csv(data, CSV_REQUIRED, CSV_OPTIONAL, max_rows)
     person_ids = people.ids_by_external_id(session, {values["external_id"] for _, values in parsed.rows})
     open_people = set(
         session.exec(

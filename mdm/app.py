@@ -34,9 +34,10 @@ from mdm.database import Database, open_database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
-from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware, import_routes
+from mdm.middleware import BodyLimitMiddleware, FailedAuthLimitMiddleware, RequestContextMiddleware, import_routes
 from mdm.people.api import router as people_router
 from mdm.private_files import private_dir
+from mdm.ratelimit import AbuseLimits
 from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
 from mdm.security_headers import SecurityHeadersMiddleware
@@ -92,9 +93,12 @@ def _all_jobs(settings: Settings) -> list[JobSpec]:
     ]
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, database: Database | None = None, abuse_limits: AbuseLimits | None = None
+) -> FastAPI:
     settings = settings or get_settings()
     private_dir(settings.data_dir)  # before anything (database, keys, CA) is created in it
+    abuse_limits = abuse_limits or AbuseLimits(settings)
     owns_database = database is None
     database = database or open_database(settings.resolved_database_url)
 
@@ -119,6 +123,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.settings = settings
     app.state.scheduler = scheduler
     app.state.database = database
+    app.state.abuse_limits = abuse_limits
     app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
     app.state.sealer = Sealer.load_or_create(settings.data_dir)
     app.state.profile_signer = load_or_create_profile_signer(
@@ -128,14 +133,16 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    # Each add_middleware wraps the ones before it: the request id exists before the body limit can
-    # refuse anything. The routers are included without a prefix, so their paths are what clients send.
+    # Each add_middleware wraps the ones before it: the request id exists before anything is refused,
+    # and a client over its failed-authentication limit is refused before its body is read. The routers
+    # are included without a prefix, so their paths are what clients send.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         max_import_bytes=settings.max_import_bytes,
         import_routes=import_routes(route for router in ROUTERS for route in router.routes),
     )
+    app.add_middleware(FailedAuthLimitMiddleware, limits=abuse_limits)
     app.add_middleware(RequestContextMiddleware)
     # Outermost, so even a 413 or a 500 from the middlewares inside carries the headers.
     app.add_middleware(

@@ -15,7 +15,7 @@ from rich.table import Table
 from mdm.actor import Role, cli_actor
 from mdm.categories import Platform
 from mdm.database import Database, open_database
-from mdm.errors import Invalid, ProblemError
+from mdm.errors import ProblemError
 from mdm.private_files import private_dir
 from mdm.settings import Settings, get_settings
 
@@ -117,7 +117,23 @@ def serve(
     private_dir(settings.data_dir)
     upgrade(settings.resolved_database_url)
     _print_welcome(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        **_proxy_options(settings.forwarded_allow_ips),
+    )
+
+
+def _proxy_options(trusted: str | None) -> dict[str, object]:
+    """Only the proxies named here may say who the client is (X-Forwarded-For); the abuse limits count by it."""
+    if trusted is None:
+        return {}  # uvicorn's own default: its FORWARDED_ALLOW_IPS variable, else loopback
+    if not trusted.strip():
+        return {"proxy_headers": False}  # no proxy: the socket peer is the client
+    return {"forwarded_allow_ips": trusted}
 
 
 def _print_welcome(settings: Settings) -> None:
@@ -367,8 +383,8 @@ def _import_file(path: Path, run: Callable[..., object]) -> None:
 
         try:
             with database.writing() as session:
-                result = run(session, data, cli_actor(), report)
-        except Invalid as exc:
+                result = run(session, data, cli_actor(), report, max_rows=get_settings().import_max_rows)
+        except ProblemError as exc:
             _report_problem(exc)
     typer.echo(json.dumps(result.model_dump()))  # type: ignore[attr-defined]
 

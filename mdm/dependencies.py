@@ -10,6 +10,7 @@ from mdm.actor import Actor, Role
 from mdm.auth import service as auth_service
 from mdm.database import Database
 from mdm.errors import ProblemError
+from mdm.middleware import AUTHENTICATED
 from mdm.sealing import Sealer
 from mdm.settings import Settings
 
@@ -37,6 +38,7 @@ def read_session(database: Annotated[Database, Depends(get_database)]) -> Iterat
 WriteSession = Annotated[Session, Depends(write_session, scope="function")]
 ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_settings_dep)]
+AppDatabase = Annotated[Database, Depends(get_database)]
 
 
 def get_sealer(request: Request) -> Sealer:
@@ -64,6 +66,8 @@ def authenticate(request: Request, database: Database) -> Actor:
         token = auth_service.authenticate(session, secret)
     if token is None:
         raise ProblemError(401, "The API token is unknown or has been revoked.", headers=_UNAUTHENTICATED)
+    # Tells the failed-authentication limit (mdm.middleware) that this token held.
+    setattr(request.state, AUTHENTICATED, True)
     if auth_service.needs_last_used_update(token):
         with database.writing() as session:
             auth_service.touch_last_used(session, token.id)

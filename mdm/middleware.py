@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, access logs and the request-body ceiling.
+"""ASGI middleware: request ids, access logs, the failed-authentication limit and the request-body ceiling.
 
 Written as plain ASGI so the body limit applies while the body streams in, before any handler runs.
 """
@@ -13,12 +13,16 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mdm.auth.service import hash_token
 from mdm.errors import ProblemError, problem_response
 from mdm.ids import new_id
 from mdm.logging import printable, request_id_var
+from mdm.ratelimit import AbuseLimits, client_address
 
 log = logging.getLogger("mdm.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
+# The request state key that `mdm.dependencies.authenticate` sets once a bearer token held.
+AUTHENTICATED = "authenticated"
 
 
 class RequestContextMiddleware:
@@ -65,6 +69,60 @@ class RequestContextMiddleware:
                 extra={"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
             )
             request_id_var.reset(token)
+
+
+class FailedAuthLimitMiddleware:
+    """429 for an address or a bearer token that failed authentication too often; counts each refusal.
+
+    It runs before the body is read or the database is asked, so a refused flood costs a dict lookup.
+    A refusal is a 401 whose challenge names the scheme the request used (Bearer, MDM-Signature);
+    a request that offers no credential is not counted: it guesses nothing.
+    """
+
+    def __init__(self, app: ASGIApp, limits: AbuseLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        offered = _offered_credential(scope) if scope["type"] == "http" and self.limits.enabled else None
+        if offered is None:
+            await self.app(scope, receive, send)
+            return
+        channel, credential = offered
+        address = client_address(scope)
+        try:
+            self.limits.check_auth(address, channel, credential)
+        except ProblemError as exc:
+            await problem_response(exc.status, exc.detail, headers=exc.headers, **exc.extra)(scope, receive, send)
+            return
+        refused = False
+
+        async def watch(message: Message) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                challenge = dict(message.get("headers", [])).get(b"www-authenticate", b"")
+                refused = challenge.decode("latin-1").lower().startswith(channel)
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if refused:
+            self.limits.auth_failed(address, channel, credential)
+        elif credential is not None and scope.get("state", {}).get(AUTHENTICATED):
+            self.limits.auth_succeeded(credential)
+
+
+def _offered_credential(scope: Scope) -> tuple[str, str | None] | None:
+    """(channel, credential key) of what the request offers: a device signature or a bearer token.
+
+    A device is counted by address alone: its id is no secret, so counting refusals per device would
+    let anyone who knows an id shut that device out.
+    """
+    if _header(scope, b"x-mdm-signature") is not None:
+        return "mdm-signature", None
+    scheme, _, secret = (_header(scope, b"authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return None
+    return "bearer", hash_token(secret.strip())
 
 
 class BodyLimitMiddleware:

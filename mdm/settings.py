@@ -47,6 +47,22 @@ class Settings(BaseSettings):
             "refused when it is registered and again at each delivery."
         ),
     )
+    # Abuse limits (mdm/ratelimit.py): only refused credentials and enrolment attempts are counted,
+    # per client address and per credential, in each replica's memory. "off" for a trusted network only.
+    rate_limits: Literal["on", "off"] = "on"
+    auth_failures_per_address: int = Field(30, ge=1)
+    auth_failures_per_credential: int = Field(10, ge=1)
+    auth_failure_window_seconds: int = Field(60, ge=1)
+    # A whole cart of iPads behind one school NAT address enrols at once; guessing tokens does not.
+    enroll_attempts_per_address: int = Field(300, ge=1)
+    enroll_failures_per_address: int = Field(20, ge=1)
+    enroll_failures_per_token: int = Field(5, ge=1)
+    enroll_window_seconds: int = Field(300, ge=1)
+    # Proxies whose X-Forwarded-For names the client (uvicorn's --forwarded-allow-ips, comma-separated);
+    # unset keeps uvicorn's default (its FORWARDED_ALLOW_IPS variable, else loopback); empty trusts none.
+    forwarded_allow_ips: str | None = None
+    # Records in one CSV import (people, devices, leavers); a bigger file is refused with 413, to be split.
+    import_max_rows: int = Field(200_000, ge=1)
     log_json: bool = False
     log_level: str = "INFO"
 

@@ -8,7 +8,7 @@ from mdm.categories import Category
 from mdm.commands import service as commands
 from mdm.csv_import import ImportResult, check_media_type
 from mdm.database import Database
-from mdm.dependencies import READERS, ReadSession, WriteSession, allow, get_database
+from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow, get_database
 from mdm.devices import service
 from mdm.devices.models import ComplianceStatus, Device, DevicePublic, DeviceRegister, DeviceState, HoldChange
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
@@ -30,7 +30,7 @@ def register_device(data: DeviceRegister, session: WriteSession, actor: Staff) -
     openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}, "required": True}},
 )
 async def import_devices(
-    request: Request, actor: Staff, database: Annotated[Database, Depends(get_database)]
+    request: Request, actor: Staff, database: Annotated[Database, Depends(get_database)], settings: AppSettings
 ) -> ImportResult:
     """CSV with the header `serial,platform,model,category,asset_tag,person_external_id`.
 
@@ -41,7 +41,7 @@ async def import_devices(
 
     def run() -> ImportResult:
         with database.writing() as session:
-            return service.import_devices_csv(session, data, actor)
+            return service.import_devices_csv(session, data, actor, max_rows=settings.import_max_rows)
 
     return await run_in_threadpool(run)
 

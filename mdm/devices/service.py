@@ -15,6 +15,7 @@ from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.categories import SCHOOL_OWNED, NetworkAccess
 from mdm.csv_import import (
+    DEFAULT_MAX_ROWS,
     ImportResult,
     RowError,
     chunks,
@@ -154,9 +155,11 @@ def _check_csv_row(values: dict[str, str]) -> _DeviceRow:
     return _DeviceRow(register, values.get("person_external_id") or None)
 
 
-def import_devices_csv(session: Session, data: bytes, actor: Actor, progress: Progress | None = None) -> ImportResult:
+def import_devices_csv(
+    session: Session, data: bytes, actor: Actor, progress: Progress | None = None, max_rows: int = DEFAULT_MAX_ROWS
+) -> ImportResult:
     """Upserts school stock by serial; all-or-nothing, like the people import."""
-    parsed = parse_csv(data, CSV_REQUIRED, CSV_OPTIONAL)
+    parsed = parse_csv(data, CSV_REQUIRED, CSV_OPTIONAL, max_rows)
     checked = validate_rows(parsed, _check_csv_row, lambda r: r.register.serial, "serial")
     person_ids = people.ids_by_external_id(session, {r.person_external_id for _, r in checked if r.person_external_id})
     existing = _existing_by_serial(session, [r.register.serial for _, r in checked])

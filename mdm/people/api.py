@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from mdm.actor import Role
 from mdm.csv_import import ImportResult, check_media_type
 from mdm.database import Database
-from mdm.dependencies import READERS, ReadSession, WriteSession, allow, get_database
+from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow, get_database
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
 from mdm.people import service
 from mdm.people.models import Person, PersonCreate, PersonGroup, PersonKind, PersonPublic
@@ -29,7 +29,7 @@ def create_person(data: PersonCreate, session: WriteSession, actor: Writers) -> 
     openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}, "required": True}},
 )
 async def import_people(
-    request: Request, actor: Writers, database: Annotated[Database, Depends(get_database)]
+    request: Request, actor: Writers, database: Annotated[Database, Depends(get_database)], settings: AppSettings
 ) -> ImportResult:
     """CSV with the header `external_id,kind,display_name,groups,date_of_birth` (groups separated by `;`).
 
@@ -41,7 +41,7 @@ async def import_people(
 
     def run() -> ImportResult:
         with database.writing() as session:
-            return service.import_people_csv(session, data, actor)
+            return service.import_people_csv(session, data, actor, max_rows=settings.import_max_rows)
 
     return await run_in_threadpool(run)
 

@@ -13,7 +13,14 @@ from sqlmodel import Session, col, select
 from mdm import desired_state
 from mdm.actor import Actor
 from mdm.audit.service import record
-from mdm.csv_import import ImportResult, chunks, parse_csv, row_error_from_validation, validate_rows
+from mdm.csv_import import (
+    DEFAULT_MAX_ROWS,
+    ImportResult,
+    chunks,
+    parse_csv,
+    row_error_from_validation,
+    validate_rows,
+)
 from mdm.database import refresh_statistics
 from mdm.errors import Conflict, NotFound
 from mdm.ids import new_id, utcnow
@@ -109,9 +116,11 @@ def _check_csv_row(values: dict[str, str]) -> PersonCreate:
         raise row_error_from_validation(exc) from exc
 
 
-def import_people_csv(session: Session, data: bytes, actor: Actor, progress: Progress | None = None) -> ImportResult:
+def import_people_csv(
+    session: Session, data: bytes, actor: Actor, progress: Progress | None = None, max_rows: int = DEFAULT_MAX_ROWS
+) -> ImportResult:
     """Upserts by external_id. Every line is validated first; one bad line and nothing is written."""
-    parsed = parse_csv(data, CSV_REQUIRED, CSV_OPTIONAL)
+    parsed = parse_csv(data, CSV_REQUIRED, CSV_OPTIONAL, max_rows)
     total = len(parsed.rows)
     done = 0
 
