@@ -38,6 +38,8 @@ class ComplianceRun(SQLModel, table=True):
     trigger: str = Field(max_length=50)
     started_at: datetime = Field(sa_type=UtcDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # Touched with every batch: a run silent for long died with its process (see service.start_run).
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     devices_evaluated: int = 0
     compliant: int = 0
     non_compliant: int = 0
@@ -98,3 +100,5 @@ class RunPublic(BaseModel):
     quarantined: int
     released: int
     duration_ms: int | None
+    # Why a run failed or was abandoned; None for a run that completed.
+    detail: str | None = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert, update
 from sqlmodel import Session, col, select
 
 from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
@@ -34,6 +34,8 @@ from profiles import reconciler
 
 log = logging.getLogger("mdm.compliance")
 BATCH_SIZE = 1000
+# A batch takes well under a second; a run that has not touched its record for this long has died.
+RUN_SILENT_FOR = timedelta(minutes=10)
 Progress = Callable[[int, int], None]
 
 
@@ -100,10 +102,26 @@ def os_catalogue(session: Session) -> OsCatalogue:
 
 
 def start_run(database: Database, trigger: str) -> str:
+    now = utcnow()
     with database.writing() as session:
-        run = ComplianceRun(id=new_id(), status="running", trigger=trigger, started_at=utcnow())
+        _abandon_silent_runs(session, now)
+        run = ComplianceRun(id=new_id(), status="running", trigger=trigger, started_at=now, heartbeat_at=now)
         session.add(run)
     return run.id
+
+
+def _abandon_silent_runs(session: Session, now: datetime) -> None:
+    """A manual run has no job lease to expire: one whose process died is found by its silence instead."""
+    last_sign_of_life = func.coalesce(ComplianceRun.heartbeat_at, ComplianceRun.started_at)
+    session.execute(
+        update(ComplianceRun)
+        .where(col(ComplianceRun.status) == "running", last_sign_of_life < now - RUN_SILENT_FOR)
+        .values(status="abandoned", finished_at=now, detail=f"its process stopped: no progress for {RUN_SILENT_FOR}")
+    )
+
+
+def _touch(session: Session, run_id: str) -> None:
+    session.execute(update(ComplianceRun).where(col(ComplianceRun.id) == run_id).values(heartbeat_at=utcnow()))
 
 
 def abandon_runs(database: Database, trigger: str) -> None:
@@ -153,6 +171,7 @@ def run_compliance(
             with database.writing() as session:
                 for key, value in _run_batch(session, batch, run_id, now, setup).items():
                     totals[key] += value
+                _touch(session, run_id)
             if progress:
                 progress(totals["devices_evaluated"], len(device_ids))
     except Exception as exc:

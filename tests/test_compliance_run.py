@@ -217,3 +217,19 @@ def test_cli_compliance_run_prints_the_counts(client, auth, tmp_path, settings):
     assert result.returncode == 0, result.stderr
     counts = json.loads(result.stdout)
     assert (counts["status"], counts["devices_evaluated"], counts["compliant"]) == ("completed", 1, 1)
+
+
+def test_a_manual_run_whose_process_died_is_marked_abandoned_by_the_next_run(client, auth, database):
+    from compliance.service import start_run
+
+    dead, alive = start_run(database, "manual: cli:killed"), start_run(database, "manual: cli:still going")
+    with database.writing() as session:
+        session.execute(
+            text("UPDATE compliance_run SET started_at = :t, heartbeat_at = :t WHERE id = :id"),
+            {"t": "2026-01-01 00:00:00", "id": dead},
+        )
+    run_compliance(database, "manual: cli:next")
+    runs = {i: client.get(f"/api/v1/compliance/runs/{i}", headers=auth(Role.auditor)).json() for i in (dead, alive)}
+    assert runs[dead]["status"] == "abandoned"
+    assert "no progress" in runs[dead]["detail"]
+    assert runs[alive]["status"] == "running"
