@@ -33,7 +33,7 @@ from mdm.database import Database, open_database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
-from mdm.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from mdm.middleware import BodyLimitMiddleware, NulInAddressMiddleware, RequestContextMiddleware
 from mdm.people.api import router as people_router
 from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     for router in ROUTERS:
         app.include_router(router)
     # Outermost first: the request id exists before the body limit can refuse anything.
+    app.add_middleware(NulInAddressMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes
     )

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic import Field as PydanticField
 
 from mdm.errors import Invalid, ProblemError
+from mdm.validation import NUL, NUL_MESSAGE
 
 MAX_REPORTED_ERRORS = 1000
 CSV_MEDIA_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"}
@@ -86,7 +87,23 @@ def parse_csv(data: bytes, required: set[str], optional: set[str]) -> ParsedCsv:
         raise Invalid(
             "The file is not valid CSV.", [{"line": reader.line_num, "field": None, "message": str(exc)}]
         ) from exc
+    _refuse_nul(header, rows)
     return ParsedCsv(rows=rows, ignored_columns=sorted(set(header) - required - optional))
+
+
+def _refuse_nul(header: list[str], rows: list[tuple[int, dict[str, str]]]) -> None:
+    """Every cell with a NUL, in any column: no domain's row check needs to remember it."""
+    errors: list[dict[str, Any]] = [
+        {"line": 1, "field": name, "message": NUL_MESSAGE} for name in header if NUL in name
+    ]
+    errors += [
+        {"line": line, "field": name, "message": NUL_MESSAGE}
+        for line, values in rows
+        for name, value in values.items()
+        if NUL in value
+    ]
+    if errors:
+        raise invalid_lines(errors)
 
 
 def validate_rows(
