@@ -279,7 +279,7 @@ def test_mobileconfig_is_signed_and_valid_for_apple(client, auth, tmp_path):
     assert validate_profile(document) == []
     assert (
         client.get(
-            f"/api/v1/devices/{tablet.id}/profiles/{profile['id']}.mobileconfig", headers=auth(Role.auditor)
+            f"/api/v1/devices/{tablet.id}/profiles/{profile['id']}.mobileconfig", headers=auth(Role.integration)
         ).status_code
         == 403
     )
