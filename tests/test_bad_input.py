@@ -286,3 +286,10 @@ def test_every_request_body_refuses_nul(app):
     assert issubclass(OsReleaseDocument, Input)
     loose = {key: model for key, model in bodies.items() if key[0] != "/api/v1/os-releases"}
     assert [key for key, model in loose.items() if not (isinstance(model, type) and issubclass(model, Input))] == []
+
+
+def test_a_rule_parameter_too_large_for_date_arithmetic_is_422(client, auth):
+    """A count of days beyond year 1 would make every nightly run fail computing now - days."""
+    body = {"params": {"max_definitions_age_days": 10**6}}
+    response = client.put("/api/v1/compliance/rules/malware_protection", json=body, headers=auth(Role.admin))
+    assert "params.max_definitions_age_days" in _fields(_is_problem(response))
