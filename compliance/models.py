@@ -8,6 +8,7 @@ from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category
 from mdm.database import JsonType, UtcDateTime
+from mdm.validation import Input, not_null
 
 
 class ComplianceRule(SQLModel, table=True):
@@ -74,9 +75,11 @@ class RulePublic(BaseModel):
     params: dict[str, Any]
 
 
-class RuleUpdate(BaseModel):
+class RuleUpdate(Input):
     enabled: bool | None = None
     params: dict[str, Any] | None = None
+
+    _not_null = not_null("enabled", "params")
 
 
 class EscalationPublic(BaseModel):

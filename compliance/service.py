@@ -59,6 +59,15 @@ def list_rules(session: Session) -> list[RulePublic]:
     ]
 
 
+# Day counts and lengths; a hundred years is plenty, and a larger count of days would overflow the
+# date arithmetic of every nightly run (now - timedelta(days=...) before year 1).
+MAX_RULE_PARAM = 36_500
+
+
+def _whole_number_in_range(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_RULE_PARAM
+
+
 def update_rule(session: Session, rule_id: str, change: RuleUpdate, actor: Any) -> RulePublic:
     from mdm.audit.service import record
 
@@ -71,11 +80,11 @@ def update_rule(session: Session, rule_id: str, change: RuleUpdate, actor: Any) 
             "Unknown parameters for this rule.",
             [{"field": f"params.{k}", "message": "not a parameter of this rule"} for k in unknown],
         )
-    bad = [k for k, v in (change.params or {}).items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+    bad = [k for k, v in (change.params or {}).items() if not _whole_number_in_range(v)]
     if bad:
         raise Invalid(
-            "Rule parameters are whole numbers of at least 1.",
-            [{"field": f"params.{k}", "message": "must be a whole number >= 1"} for k in bad],
+            f"Rule parameters are whole numbers from 1 to {MAX_RULE_PARAM}.",
+            [{"field": f"params.{k}", "message": f"must be a whole number from 1 to {MAX_RULE_PARAM}"} for k in bad],
         )
     row = session.get(ComplianceRule, rule_id) or ComplianceRule(
         id=rule_id, enabled=definition.enabled, params={}, updated_at=utcnow()

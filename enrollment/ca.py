@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mdm.device_signature import weak_rsa_reason
+
 logger = logging.getLogger(__name__)
 
 CA_DIR_NAME = "ca"
@@ -45,8 +47,7 @@ CERT_BACKDATE = timedelta(hours=1)
 CRL_BACKDATE = timedelta(minutes=5)
 
 MAX_CSR_BYTES = 16 * 1024
-MIN_RSA_BITS = 2048
-ACCEPTED_KEYS = "EC P-256 or RSA of 2048 bits or more"
+ACCEPTED_KEYS = "EC P-256 or RSA of 2048 bits or more (exponent 65537)"
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
 SIGNER_COMMON_NAME = "School MDM Profile Signing"
@@ -116,8 +117,9 @@ def _check_csr_key(csr: x509.CertificateSigningRequest) -> None:
     except (UnsupportedAlgorithm, ValueError) as exc:
         raise CSRError(f"The CSR's public key is of a type this service cannot read; use {ACCEPTED_KEYS}.") from exc
     if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise CSRError(f"The CSR's RSA key is {key.key_size} bits; at least {MIN_RSA_BITS} bits are required.")
+        reason = weak_rsa_reason(key)
+        if reason is not None:
+            raise CSRError(f"The CSR's {reason}.")
         return
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return

@@ -7,6 +7,7 @@ from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, Platform
 from mdm.database import UtcDateTime
+from mdm.validation import Input
 
 
 class EnrollmentToken(SQLModel, table=True):
@@ -27,7 +28,7 @@ class EnrollmentToken(SQLModel, table=True):
     created_by: str = Field(max_length=250)
 
 
-class EnrollmentTokenCreate(BaseModel):
+class EnrollmentTokenCreate(Input):
     category: Category
     person_id: str | None = PydanticField(None, max_length=36)
     expires_in_hours: int = PydanticField(72, ge=1, le=24 * 365)
@@ -60,7 +61,7 @@ Serial = Annotated[
 Text200 = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
 
 
-class EnrollingDevice(BaseModel):
+class EnrollingDevice(Input):
     serial: Serial | None = None
     platform: Platform
     model: Text200 | None = None
@@ -68,7 +69,7 @@ class EnrollingDevice(BaseModel):
     name: Text200 | None = None
 
 
-class EnrollRequest(BaseModel):
+class EnrollRequest(Input):
     token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     csr: Annotated[str, StringConstraints(min_length=1, max_length=16 * 1024)]
     aup_accepted: bool = False
@@ -82,5 +83,5 @@ class EnrollResponse(BaseModel):
     checkin_url: str
 
 
-class RevokeRequest(BaseModel):
+class RevokeRequest(Input):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]

@@ -8,6 +8,7 @@ from sqlalchemy import Column, Index, text
 from sqlmodel import Field, SQLModel
 
 from mdm.database import JsonType, UtcDateTime
+from mdm.validation import Input
 
 
 class CaseStatus(StrEnum):
@@ -92,14 +93,14 @@ class ExitStep(SQLModel, table=True):
 # --- API schemas -----------------------------------------------------------------------------------
 
 
-class ExitCreate(BaseModel):
+class ExitCreate(Input):
     person_id: str = PydanticField(max_length=36)
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)] = "left school"
     leaving_date: date | None = PydanticField(None, description="Today (school time zone) if absent.")
     dry_run: bool = False
 
 
-class StepNote(BaseModel):
+class StepNote(Input):
     note: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 

@@ -34,7 +34,13 @@ from mdm.database import Database, open_database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
-from mdm.middleware import BodyLimitMiddleware, FailedAuthLimitMiddleware, RequestContextMiddleware, import_routes
+from mdm.middleware import (
+    BodyLimitMiddleware,
+    FailedAuthLimitMiddleware,
+    NulInAddressMiddleware,
+    RequestContextMiddleware,
+    import_routes,
+)
 from mdm.people.api import router as people_router
 from mdm.private_files import private_dir
 from mdm.ratelimit import AbuseLimits
@@ -136,6 +142,7 @@ def create_app(
     # Each add_middleware wraps the ones before it: the request id exists before anything is refused,
     # and a client over its failed-authentication limit is refused before its body is read. The routers
     # are included without a prefix, so their paths are what clients send.
+    app.add_middleware(NulInAddressMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

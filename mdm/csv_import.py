@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic import Field as PydanticField
 
 from mdm.errors import Invalid, ProblemError
+from mdm.validation import NUL, NUL_MESSAGE
 
 MAX_REPORTED_ERRORS = 1000
 # No MIS export has a cell of 16 KiB, a line of 1 MiB or 200 columns; each is refused, not read into memory.
@@ -90,6 +91,7 @@ def parse_csv(data: bytes, required: set[str], optional: set[str], max_rows: int
             f"Line {exc.line} is longer than {MAX_LINE_CHARS:,} characters; no import has lines that long.",
             [{"line": exc.line, "field": None, "message": f"longer than {MAX_LINE_CHARS:,} characters"}],
         ) from exc
+    _refuse_nul(header, rows)
     return ParsedCsv(rows=rows, ignored_columns=sorted(set(header) - required - optional))
 
 
@@ -146,6 +148,21 @@ def _records(reader: Any, header: list[str], max_rows: int) -> list[tuple[int, d
             )
         rows.append((reader.line_num, values))
     return rows
+
+
+def _refuse_nul(header: list[str], rows: list[tuple[int, dict[str, str]]]) -> None:
+    """Every cell with a NUL, in any column: no domain's row check needs to remember it."""
+    errors: list[dict[str, Any]] = [
+        {"line": 1, "field": name, "message": NUL_MESSAGE} for name in header if NUL in name
+    ]
+    errors += [
+        {"line": line, "field": name, "message": NUL_MESSAGE}
+        for line, values in rows
+        for name, value in values.items()
+        if NUL in value
+    ]
+    if errors:
+        raise invalid_lines(errors)
 
 
 def validate_rows(

@@ -29,6 +29,11 @@ _TIMESTAMP_PATTERN = re.compile(r"[0-9]{1,12}")
 # The largest RSA signature OpenSSL will verify (16384 bits) is 2 KiB, so 4 KiB of base64 is ample.
 _MAX_SIGNATURE_CHARS = 4096
 
+# RSA keys a device may use: 2048 bits or more (NIST SP 800-57), and the exponent 65537, because e=3
+# invites low-exponent attacks such as Bleichenbacher's PKCS#1 v1.5 signature forgery.
+MIN_RSA_BITS = 2048
+RSA_EXPONENT = 65537
+
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 VerifyingKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
@@ -58,6 +63,7 @@ def sign_request(private_key: SigningKey, method: str, path: str, timestamp: int
         _require_p256(private_key.curve)
         signature = private_key.sign(message, ec.ECDSA(hashes.SHA256()))
     elif isinstance(private_key, rsa.RSAPrivateKey):
+        _require_strong_rsa(private_key.public_key())
         signature = private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
     else:
         raise SignatureError(_unsupported(private_key))
@@ -81,6 +87,7 @@ def verify_request_signature(
             _require_p256(public_key.curve)
             public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
         elif isinstance(public_key, rsa.RSAPublicKey):
+            _require_strong_rsa(public_key)
             public_key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
         else:
             raise SignatureError(_unsupported(public_key))
@@ -123,6 +130,22 @@ def _decode_signature(signature_b64: str) -> bytes:
         return base64.b64decode(signature_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SignatureError(f"{SIGNATURE_HEADER} is not valid base64.") from exc
+
+
+def weak_rsa_reason(key: rsa.RSAPublicKey) -> str | None:
+    """Why an RSA key is too weak for a device identity, or None: shared with the CA's CSR check."""
+    if key.key_size < MIN_RSA_BITS:
+        return f"RSA key is {key.key_size} bits; at least {MIN_RSA_BITS} bits are required"
+    exponent = key.public_numbers().e
+    if exponent != RSA_EXPONENT:
+        return f"RSA key's public exponent is {exponent}; only {RSA_EXPONENT} is accepted"
+    return None
+
+
+def _require_strong_rsa(key: rsa.RSAPublicKey) -> None:
+    reason = weak_rsa_reason(key)
+    if reason is not None:
+        raise SignatureError(f"The device's {reason}.")
 
 
 def _require_p256(curve: ec.EllipticCurve) -> None:

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, access logs, the failed-authentication limit and the request-body ceiling.
+"""ASGI middleware: request ids, access logs, the failed-authentication limit, the request-body ceiling
+and NUL-free addresses.
 
 Written as plain ASGI so the body limit applies while the body streams in, before any handler runs.
 """
@@ -184,6 +185,24 @@ def _counting(receive: Receive, limit: int) -> Receive:
         return message
 
     return counted
+
+
+class NulInAddressMiddleware:
+    """Refuses a path or query string holding a NUL (%00) with 400, before any route reads it.
+
+    Path and query parameters reach database queries in many places, and PostgreSQL cannot take a
+    NUL in text; one check here covers every route, present and future.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")):
+            response = problem_response(400, "The address contains a NUL character (%00), which nothing here accepts.")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 async def _read_up_to(receive: Receive, limit: int) -> tuple[bytes, bool]:

@@ -2,6 +2,8 @@
 
 import base64
 import binascii
+import re
+import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -9,7 +11,7 @@ from fastapi import Query
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Select
 
-from mdm.errors import ProblemError
+from mdm.errors import Invalid
 from mdm.ids import is_uuid
 
 T = TypeVar("T")
@@ -38,8 +40,15 @@ def encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
 
 
-def _bad_cursor() -> ProblemError:
-    return ProblemError(422, "The cursor is not one this service gave out; start again without it.")
+# Plain ASCII digits that fit a 64-bit column: int() alone would take "²", "1_0" and numbers no database holds.
+_INTEGER_KEY = re.compile(r"-?[0-9]{1,18}")
+
+
+def bad_cursor() -> Invalid:
+    return Invalid(
+        "The cursor is not one this service gave out; start again without it.",
+        [{"field": "query.cursor", "message": "not a cursor from this list's next_cursor"}],
+    )
 
 
 def decode_cursor(cursor: str) -> str:
@@ -47,7 +56,7 @@ def decode_cursor(cursor: str) -> str:
         padded = cursor + "=" * (-len(cursor) % 4)
         return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise _bad_cursor() from exc
+        raise bad_cursor() from exc
 
 
 def keyset(
@@ -57,13 +66,18 @@ def keyset(
     if params.cursor is not None:
         after: Any = decode_cursor(params.cursor)
         if key.type.python_type is int:
-            if not after.lstrip("-").isdigit():
-                raise _bad_cursor()
+            if not _INTEGER_KEY.fullmatch(after):
+                raise bad_cursor()
             after = int(after)
-        elif not is_uuid(after):  # every other key is an id
-            raise _bad_cursor()
+        elif not _is_canonical_uuid(after):  # every other key is an id
+            raise bad_cursor()
         statement = statement.where(key < after if descending else key > after)
     return statement.order_by(key.desc() if descending else key).limit(params.limit + 1)
+
+
+def _is_canonical_uuid(value: str) -> bool:
+    # Ids are stored in their canonical form, the only one encode_cursor gives out.
+    return is_uuid(value) and str(uuid.UUID(value)) == value
 
 
 def page_of(rows: Sequence[T], params: PageParams, key_of: Any) -> tuple[list[T], str | None]:

@@ -81,17 +81,21 @@ def mobileconfig(
     device_id: str,
     profile_id: str,
     request: Request,
-    session: ReadSession,
-    actor: Annotated[Actor, Depends(DeviceOrRoles(Role.admin, Role.technician))],
+    session: WriteSession,
+    actor: Annotated[Actor, Depends(DeviceOrRoles(*READERS))],
     sealer: AppSealer,
 ) -> Response:
-    """The profile as a signed Apple configuration profile (CMS, DER), for the device (signed) or staff."""
+    """The profile as a signed Apple configuration profile (CMS, DER), for the device (signed) or staff.
+
+    Wi-Fi passwords are in it only for the device itself and for admins (whose download is audited as
+    `profile.secret_read`); technicians and auditors get it without them.
+    """
     devices.require_device(session, device_id)
     profile = service.profile_for_device(session, profile_id)
     if actor.kind == "device" and not service.applies_to(session, profile, device_id):
         raise NotFound("profile for this device", profile_id)
     state = request.app.state
-    body = service.signed_mobileconfig(profile, sealer, state.profile_signer, state.ca.certificate_pem)
+    body = service.signed_mobileconfig(session, profile, actor, sealer, state.profile_signer, state.ca.certificate_pem)
     filename = f"{profile.identifier}-v{profile.version}.mobileconfig"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"}
     return Response(body, media_type=MOBILECONFIG_MEDIA_TYPE, headers=headers)

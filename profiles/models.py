@@ -9,6 +9,7 @@ from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, NetworkAccess, Platform
 from mdm.database import JsonType, UtcDateTime
+from mdm.validation import Input, not_null
 from profiles.payloads import NETWORK_PAYLOAD_TYPES, Payload
 
 # --- Tables ----------------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 GroupName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
-class Scope(BaseModel):
+class Scope(Input):
     categories: list[Category] = PydanticField(default_factory=list, description="Empty: every category.")
     groups: list[GroupName] = PydanticField(default_factory=list, description="Empty: every person, or none.")
     network_access: list[Literal["full", "internet_only"]] = PydanticField(
@@ -93,7 +94,7 @@ class Scope(BaseModel):
     )
 
 
-class ProfileCreate(BaseModel):
+class ProfileCreate(Input):
     name: Name
     identifier: Identifier
     payloads: list[Payload] = PydanticField(min_length=1, max_length=20)
@@ -106,10 +107,12 @@ class ProfileCreate(BaseModel):
         return self
 
 
-class ProfileUpdate(BaseModel):
+class ProfileUpdate(Input):
     name: Name | None = None
     payloads: list[Payload] | None = PydanticField(None, min_length=1, max_length=20)
     scope: Scope | None = None
+
+    _not_null = not_null("name", "payloads", "scope")
 
 
 class ProfilePublic(BaseModel):
@@ -128,7 +131,7 @@ class LicenceKind(StrEnum):
     free = "free"
 
 
-class AppCreate(BaseModel):
+class AppCreate(Input):
     identifier: Identifier
     name: Name
     platform: Platform
@@ -150,13 +153,16 @@ class AppCreate(BaseModel):
         return self
 
 
-class AppUpdate(BaseModel):
+class AppUpdate(Input):
     name: Name | None = None
     licences_total: int | None = PydanticField(None, ge=0, le=1_000_000)
     min_version: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
     required_for: list[Category] | None = None
     required_groups: list[GroupName] | None = None
     age_rating: int | None = PydanticField(None, ge=0, le=21)
+
+    # min_version and age_rating may be cleared with null; the rest always has a value.
+    _not_null = not_null("name", "licences_total", "required_for", "required_groups")
 
 
 class AppPublic(BaseModel):

@@ -2,7 +2,9 @@
 
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
+from pydantic import AnyHttpUrl, ConfigDict, Field, SecretStr, StringConstraints, model_validator
+
+from mdm.validation import Input
 
 Hostname = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")
@@ -10,7 +12,7 @@ Hostname = Annotated[
 UrlPattern = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 
-class _Payload(BaseModel):
+class _Payload(Input):
     model_config = ConfigDict(extra="forbid")
 
 

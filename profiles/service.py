@@ -7,7 +7,7 @@ from sqlalchemy import delete, exists, func, insert, not_
 from sqlmodel import Session, col, select
 
 from mdm.access_policy.models import AccessRule
-from mdm.actor import Actor
+from mdm.actor import Actor, Role
 from mdm.audit.service import record
 from mdm.commands.models import Command, CommandType
 from mdm.desired_state import DeviceSelector
@@ -79,12 +79,31 @@ def device_profile_payload(profile: Profile, sealer: Sealer) -> tuple[dict[str, 
     return full, {**full, "profile": _redacted(profile.payloads)}
 
 
-def signed_mobileconfig(profile: Profile, sealer: Sealer, signer: Any, ca_certificate_pem: str) -> bytes:
-    """The profile as a CMS-signed Apple configuration profile."""
-    document = configuration_profile(
-        profile.identifier, profile.name, profile.version, typed_payloads(profile, sealer), ca_certificate_pem
-    )
+def signed_mobileconfig(
+    session: Session, profile: Profile, actor: Actor, sealer: Sealer, signer: Any, ca_certificate_pem: str
+) -> bytes:
+    """The profile as a CMS-signed Apple configuration profile.
+
+    A Wi-Fi key goes only to the device itself and to admins, and an admin's copy is audited (the
+    event names the profile, never the key). Technicians and auditors get the profile without it: a
+    device installing that copy asks for the password, so it still serves to check or hand-install.
+    """
+    reveal = actor.kind == "device" or actor.role == Role.admin
+    payloads = typed_payloads(profile, sealer)
+    if not reveal:
+        payloads = [_without_secret(p) for p in payloads]
+    elif actor.kind != "device" and has_secret(profile):
+        record(session, actor, "profile.secret_read", "profile", profile.id, {"version": profile.version})
+    document = configuration_profile(profile.identifier, profile.name, profile.version, payloads, ca_certificate_pem)
     return sign_profile(plist_bytes(document), signer, ca_certificate_pem)
+
+
+def has_secret(profile: Profile) -> bool:
+    return any("password_sealed" in document for document in profile.payloads)
+
+
+def _without_secret(payload: Any) -> Any:
+    return payload.model_copy(update={"password": None}) if getattr(payload, "password", None) else payload
 
 
 def applies_to(session: Session, profile: Profile, device_id: str) -> bool:

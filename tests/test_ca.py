@@ -319,6 +319,11 @@ REFUSED_CSRS: dict[str, tuple[Callable[[Path], str], str]] = {
         lambda tmp: openssl_csr(tmp, "-newkey", "rsa:1024"),
         "RSA key is 1024 bits; at least 2048 bits are required",
     ),
+    # e=3 invites the low-exponent attacks (Bleichenbacher's 2006 signature forgery); everyone uses 65537.
+    "rsa-exponent-3": (
+        lambda tmp: openssl_csr(tmp, "-newkey", "rsa:2048", "-pkeyopt", "rsa_keygen_pubexp:3"),
+        "RSA key's public exponent is 3; only 65537 is accepted",
+    ),
     "ed25519": (
         lambda tmp: openssl_csr(tmp, "-newkey", "ed25519"),
         "key is Ed25519, which is not accepted; use EC P-256 or RSA of 2048 bits or more",

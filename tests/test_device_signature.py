@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from mdm.device_signature import (
     SignatureError,
@@ -27,6 +27,7 @@ PATH = "/api/v1/devices/7f1c0d9e-3b1a-4c55-9f7e-2f6a4f0c1d2e/checkin?full=1"
 TIMESTAMP = 1_718_000_000
 NONCE = "Zx8_-abcdefghijk"
 BODY = b'{"inventory": {"os_version": "17.5.1"}}'
+_PKCS1 = (padding.PKCS1v15(), hashes.SHA256())
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,19 @@ def test_keys_other_than_ec_p256_and_rsa_are_refused() -> None:
         verify_request_signature(p384_key.public_key(), signature, "POST", PATH, TIMESTAMP, NONCE, BODY)
     with pytest.raises(SignatureError, match=r"must be on P-256.*secp384r1"):
         sign_request(p384_key, "POST", PATH, TIMESTAMP, NONCE, BODY)
+
+
+@pytest.mark.parametrize(
+    ("exponent", "bits", "detail"),
+    [(3, 2048, "public exponent is 3; only 65537"), (65537, 1024, "1024 bits; at least 2048")],
+)
+def test_weak_rsa_keys_are_refused(exponent: int, bits: int, detail: str) -> None:
+    weak = rsa.generate_private_key(public_exponent=exponent, key_size=bits)
+    with pytest.raises(SignatureError, match=detail):
+        sign_request(weak, "POST", PATH, TIMESTAMP, NONCE, BODY)
+    signature = base64.b64encode(weak.sign(canonical_request("POST", PATH, TIMESTAMP, NONCE, BODY), *_PKCS1)).decode()
+    with pytest.raises(SignatureError, match=detail):
+        verify_request_signature(weak.public_key(), signature, "POST", PATH, TIMESTAMP, NONCE, BODY)
 
 
 # --- Timestamp and nonce --------------------------------------------------------------------------

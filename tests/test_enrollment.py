@@ -259,3 +259,17 @@ def test_enrolment_is_audited(client, auth):
     assert events[0]["action"] == "device.enroll"
     assert events[0]["actor"] == f"enrolment-token:{token['id']}"
     assert events[0]["summary"]["aup_accepted"] is True
+
+
+def test_enrolling_with_an_rsa_exponent_3_key_is_422_saying_why(client, auth):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    token = client.post(
+        "/api/v1/enrollment-tokens", json={"category": "school_single_user"}, headers=auth(Role.admin)
+    ).json()
+    weak = rsa.generate_private_key(public_exponent=3, key_size=2048)
+    body = {"token": token["token"], "csr": csr_pem(weak), "device": {"serial": "E3", "platform": "ipados"}}
+    response = client.post("/api/v1/enroll", json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "exponent is 3; only 65537" in response.json()["detail"]

@@ -154,8 +154,11 @@ def test_removed_school_app_is_reinstalled_and_retired_app_removed(client, auth,
 
 
 def test_licences_add_up_and_never_go_below_zero(client, auth, tmp_path):
-    app = create_app(client, auth, "com.example.science", licence="school", licences_total=2)
-    tablets = [Tablet(client, auth, tmp_path, f"T{i}") for i in range(3)]
+    app = create_app(
+        client, auth, "com.example.science", licence="school", licences_total=2, required_for=["school_single_user"]
+    )
+    # School iPads: the one erased below must be the school's (a family's device is never erased).
+    tablets = [Tablet(client, auth, tmp_path, f"T{i}", category="school_single_user") for i in range(3)]
     for tablet in tablets:
         tablet.converge()
     holders = [t for t in tablets if "com.example.science" in t.apps()]
@@ -169,7 +172,7 @@ def test_licences_add_up_and_never_go_below_zero(client, auth, tmp_path):
     fresh = Tablet(client, auth, tmp_path, "T9", category="learner_owned")
     client.put(
         f"/api/v1/apps/{app['id']}",
-        json={"licences_total": 3, "required_for": ["authorised", "learner_owned"]},
+        json={"licences_total": 3, "required_for": ["school_single_user", "learner_owned"]},
         headers=auth(Role.admin),
     )
     waiting.inventory.refuse_next.clear()
@@ -279,7 +282,7 @@ def test_mobileconfig_is_signed_and_valid_for_apple(client, auth, tmp_path):
     assert validate_profile(document) == []
     assert (
         client.get(
-            f"/api/v1/devices/{tablet.id}/profiles/{profile['id']}.mobileconfig", headers=auth(Role.auditor)
+            f"/api/v1/devices/{tablet.id}/profiles/{profile['id']}.mobileconfig", headers=auth(Role.integration)
         ).status_code
         == 403
     )

@@ -13,8 +13,7 @@ from compliance.os_releases.models import (
 from mdm.actor import Role
 from mdm.categories import Platform
 from mdm.dependencies import READERS, ReadSession, WriteSession, allow
-from mdm.errors import ProblemError
-from mdm.pagination import Page, PageParams, decode_cursor, encode_cursor, page_params
+from mdm.pagination import Page, PageParams, bad_cursor, decode_cursor, encode_cursor, page_params
 
 router = APIRouter(prefix="/api/v1/os-releases", tags=["compliance"])
 Readers = allow(*READERS)
@@ -38,7 +37,7 @@ def list_os_releases(
             (i + 1 for i, r in enumerate(rows) if (r.platform, r.version) == (platform_after, version_after)), -1
         )
         if start < 0:
-            raise ProblemError(422, "The cursor is not one this service gave out; start again without it.")
+            raise bad_cursor()
     items = rows[start : start + page.limit]
     more = start + page.limit < len(rows)
     cursor = encode_cursor(f"{items[-1].platform}/{items[-1].version}") if more and items else None

@@ -1,15 +1,16 @@
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, model_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from mdm.categories import Platform
 from mdm.database import UtcDateTime
+from mdm.validation import Input, UtcTime
 
 # Dotted numbers only: anything else ("16.5.1 (a)", "UP1A.231005") would not order reliably.
 VERSION_PATTERN = r"^\d{1,9}(\.\d{1,9}){0,9}$"
@@ -60,23 +61,17 @@ class OsSupport(SQLModel, table=True):
 # --- The document an admin loads (file or API) ------------------------------------------------------
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class OsReleaseIn(BaseModel):
+class OsReleaseIn(Input):
     platform: Platform
     version: Version = PydanticField(description='Dotted numbers, e.g. "17.5.1" or "10.0.22631.3447".')
     os_line: Version | None = PydanticField(
         None, description='The line the version belongs to; default its first number ("17" for "17.5.1").'
     )
-    released_at: datetime = PydanticField(
+    released_at: UtcTime = PydanticField(
         description='When it was published: "2024-05-13" or "2024-05-13T17:00:00Z" (no zone means UTC).'
     )
     security: bool = PydanticField(False, description="Whether it fixes published security vulnerabilities.")
     build: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)] | None = None
-
-    _utc = field_validator("released_at")(_as_utc)
 
     @model_validator(mode="after")
     def _line_contains_version(self) -> "OsReleaseIn":
@@ -87,7 +82,7 @@ class OsReleaseIn(BaseModel):
         return self
 
 
-class MinimumSupportedIn(BaseModel):
+class MinimumSupportedIn(Input):
     platform: Platform
     version: Version | None = PydanticField(
         description='The oldest version still supported (a line like "16" means 16.0 and later). '
@@ -95,7 +90,7 @@ class MinimumSupportedIn(BaseModel):
     )
 
 
-class OsReleaseDocument(BaseModel):
+class OsReleaseDocument(Input):
     """What `mdm os-releases load FILE` reads and POST /api/v1/os-releases takes.
 
     A bare list of releases is accepted too. All or nothing: if any entry is bad, each bad entry is

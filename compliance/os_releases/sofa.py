@@ -19,11 +19,12 @@ release, is refused. The oldest line in the feed is the oldest one Apple still s
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from compliance.os_releases.models import VERSION_PATTERN
 from mdm.errors import ProblemError
+from mdm.validation import as_utc
 from mdm.versions import version_key
 
 MAX_WARNINGS = 20
@@ -150,10 +151,9 @@ def _datetime(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
+        return as_utc(datetime.fromisoformat(value.strip()))
+    except ValueError:  # unreadable, or beyond what UTC can hold
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _is_security(entry: dict[str, Any], listed_as_security: bool) -> bool:

@@ -8,6 +8,7 @@ from sqlalchemy import Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 from mdm.database import JsonType, UtcDateTime
+from mdm.validation import Input
 
 
 class EventType(StrEnum):
@@ -79,7 +80,7 @@ WebhookUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2000, allowed_schem
 Secret = Annotated[str, StringConstraints(min_length=16, max_length=200)]
 
 
-class WebhookCreate(BaseModel):
+class WebhookCreate(Input):
     url: WebhookUrl = PydanticField(
         description="http or https, no user name or password. Its host must resolve to public addresses only "
         "(no loopback, private, link-local, shared, multicast, reserved or metadata address) unless the "

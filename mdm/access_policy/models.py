@@ -6,6 +6,7 @@ from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, NetworkAccess
 from mdm.database import UtcDateTime
+from mdm.validation import Input
 
 
 class AccessRule(SQLModel, table=True):
@@ -18,7 +19,7 @@ class AccessRule(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UtcDateTime)
 
 
-class AccessRuleUpdate(BaseModel):
+class AccessRuleUpdate(Input):
     allowed: bool
     network_access: NetworkAccess
     notes: str = PydanticField("", max_length=2000)

@@ -1,7 +1,6 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
 from sqlmodel import select
 
 from mdm.actor import Role
@@ -9,6 +8,7 @@ from mdm.audit import service
 from mdm.audit.models import AuditEvent, AuditEventPublic, ChainReport
 from mdm.dependencies import ReadSession, allow
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.validation import AwareUtcTime
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 AuditReader = allow(Role.admin, Role.auditor)
@@ -23,8 +23,8 @@ def list_audit_events(
     action: Annotated[str | None, Query(description="e.g. person.create")] = None,
     object_type: str | None = None,
     object_id: str | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: AwareUtcTime | None = None,
+    until: AwareUtcTime | None = None,
 ) -> Page[AuditEventPublic]:
     """Newest first."""
     statement = service.filter_events(

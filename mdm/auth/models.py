@@ -6,6 +6,7 @@ from sqlmodel import Field, SQLModel
 
 from mdm.actor import Role
 from mdm.database import UtcDateTime
+from mdm.validation import Input
 
 
 class ApiToken(SQLModel, table=True):
@@ -23,7 +24,7 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(Input):
     name: str = PydanticField(min_length=1, max_length=200)
     role: Role
 

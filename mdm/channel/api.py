@@ -20,17 +20,24 @@ from mdm.ids import utcnow
 router = APIRouter(prefix="/api/v1/devices", tags=["device channel"])
 
 
+def signed_path(request: Request) -> str:
+    """The PATH a device signs: as it went on the wire, percent-encoding and query string included.
+
+    Every device-signed route must use this one: a route that left the query out would accept a
+    signed request with any query an attacker adds.
+    """
+    path = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
 class DeviceSignature:
     """The device channel's credential check; the route walk test recognises routes by this dependency."""
 
     async def __call__(self, request: Request, device_id: str) -> SignedRequest:
         body = await request.body()
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        path = raw_path.decode("latin-1")
-        if request.url.query:
-            path += "?" + request.url.query
         headers = {key.lower(): value for key, value in request.headers.items()}
-        return service.parse_signed_request(device_id, request.method, path, headers, body, time.time())
+        return service.parse_signed_request(device_id, request.method, signed_path(request), headers, body, time.time())
 
 
 Signed = Annotated[SignedRequest, Depends(DeviceSignature())]
@@ -46,9 +53,10 @@ class DeviceOrRoles(RequireRoles):
         if "x-mdm-signature" not in request.headers:
             return super().__call__(request, database)
         device_id = request.path_params["device_id"]
-        path = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
         headers = {key.lower(): value for key, value in request.headers.items()}
-        signed = service.parse_signed_request(device_id, request.method, path, headers, b"", time.time())
+        signed = service.parse_signed_request(
+            device_id, request.method, signed_path(request), headers, b"", time.time()
+        )
         with database.writing() as session:
             service.authenticate(session, signed, utcnow())
         return Actor(kind="device", id=device_id, name=device_id)

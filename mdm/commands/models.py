@@ -8,6 +8,7 @@ from sqlalchemy import Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 from mdm.database import JsonType, UtcDateTime
+from mdm.validation import Input, Reported
 
 
 class CommandType(StrEnum):
@@ -94,7 +95,7 @@ class DeviceCommandForDevice(BaseModel):
 Message = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
 
 
-class TechnicianCommand(BaseModel):
+class TechnicianCommand(Input):
     """What a technician may send by hand. Erasing needs `"confirm": true`."""
 
     type: Literal["DeviceLock", "EraseDevice"]
@@ -103,6 +104,6 @@ class TechnicianCommand(BaseModel):
     expires_in_hours: int | None = PydanticField(None, ge=1, le=24 * 90)
 
 
-class CommandResult(BaseModel):
+class CommandResult(Reported):
     status: Literal["acknowledged", "error", "not_now"]
     detail: Annotated[str, StringConstraints(max_length=2000)] | None = None

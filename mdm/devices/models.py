@@ -9,6 +9,7 @@ from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, NetworkAccess, Platform
 from mdm.database import JsonType, UtcDateTime
+from mdm.validation import Input
 
 
 class DeviceState(StrEnum):
@@ -70,7 +71,7 @@ Serial = Annotated[
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
-class DeviceRegister(BaseModel):
+class DeviceRegister(Input):
     """Pre-registration of a school-owned device by serial, before it is enrolled."""
 
     serial: Serial
@@ -126,7 +127,7 @@ class DeviceCertificate(SQLModel, table=True):
     revocation_reason: str | None = Field(default=None, max_length=500)
 
 
-class HoldChange(BaseModel):
+class HoldChange(Input):
     held: bool
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] | None = PydanticField(
         None, description="Why the device is held (required when holding): e.g. confiscated, legal hold."

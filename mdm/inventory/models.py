@@ -1,12 +1,13 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, StringConstraints
 from pydantic import Field as PydanticField
+from pydantic import StringConstraints
 from sqlalchemy import Column
 from sqlmodel import Field, SQLModel
 
 from mdm.database import JsonType, UtcDateTime
+from mdm.validation import MAX_INT32, Reported, UtcTime
 
 
 class DeviceInventory(SQLModel, table=True):
@@ -41,23 +42,23 @@ Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 Version = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
 
 
-class ReportedApp(BaseModel):
+class ReportedApp(Reported):
     identifier: Identifier
     version: Version | None = None
     managed: bool = False
 
 
-class ReportedProfile(BaseModel):
+class ReportedProfile(Reported):
     identifier: Identifier
-    version: int | None = PydanticField(None, ge=0)
+    version: int | None = PydanticField(None, ge=0, le=MAX_INT32)
 
 
-class MalwareProtection(BaseModel):
+class MalwareProtection(Reported):
     enabled: bool
-    definitions_updated_at: datetime | None = None
+    definitions_updated_at: UtcTime | None = None
 
 
-class Inventory(BaseModel):
+class Inventory(Reported):
     os_version: Version | None = None
     build: Version | None = None
     passcode_set: bool | None = None

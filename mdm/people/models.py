@@ -8,6 +8,7 @@ from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from mdm.database import UtcDateTime
+from mdm.validation import Input
 
 
 class PersonKind(StrEnum):
@@ -42,7 +43,7 @@ ExternalId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 GroupName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
-class PersonCreate(BaseModel):
+class PersonCreate(Input):
     external_id: ExternalId = PydanticField(description="UPN for learners, staff code for staff.")
     kind: PersonKind
     display_name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
