@@ -50,6 +50,7 @@ def _enrol_fleet(base_url: str, headers: dict, tmp_path) -> list[tuple[str, str]
             f"{base_url}/api/v1/enrollment-tokens",
             headers=headers,
             json={"category": "authorised", "person_id": ids[f"L{i:03d}"]},
+            timeout=30,
         ).json()["token"]
         state_dir = tmp_path / f"ipad{i:03d}"
         device_id = enroll_device(

@@ -15,6 +15,12 @@ SLOT = "2026-11-30T03:20:00+00:00"
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture
+def settings(settings):  # type: ignore[no-untyped-def]
+    # The webhook below is never called; the allow-list spares its made-up host a DNS lookup.
+    return settings.model_copy(update={"webhook_allowed_hosts": "receiver.example"})
+
+
 def _days_ago(days: float) -> datetime:
     return NOW - timedelta(days=days)
 
