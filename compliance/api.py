@@ -10,6 +10,7 @@ from mdm.actor import Role
 from mdm.database import Database
 from mdm.dependencies import READERS, ReadSession, WriteSession, allow, get_database
 from mdm.devices import service as devices
+from mdm.openapi import answered_as
 
 router = APIRouter(tags=["compliance"])
 Readers = allow(*READERS)
@@ -55,7 +56,11 @@ def compliance_summary(session: ReadSession, _actor: Readers) -> dict[str, Any]:
     return reports.summary(session)
 
 
-@router.get("/api/v1/compliance/noncompliant.csv", response_class=StreamingResponse)
+@router.get(
+    "/api/v1/compliance/noncompliant.csv",
+    response_class=StreamingResponse,
+    responses=answered_as("text/csv", description="One line per non-compliant device."),
+)
 def noncompliant_csv(_actor: Readers, database: Annotated[Database, Depends(get_database)]) -> StreamingResponse:
     """The devices to chase, with the person each belongs to and every reason, as CSV."""
 

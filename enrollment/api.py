@@ -17,6 +17,7 @@ from enrollment.models import (
 from enrollment.qr import qr_png, qr_svg
 from mdm.actor import Role
 from mdm.dependencies import READERS, AppDatabase, AppSealer, AppSettings, ReadSession, WriteSession, allow
+from mdm.openapi import answered_as
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
 from mdm.ratelimit import AbuseLimits, client_address
 
@@ -66,7 +67,11 @@ def revoke_enrollment_token(token_id: str, session: WriteSession, actor: Staff) 
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/api/v1/enrollment-tokens/{token_id}/qr.svg", response_class=Response)
+@router.get(
+    "/api/v1/enrollment-tokens/{token_id}/qr.svg",
+    response_class=Response,
+    responses=answered_as("image/svg+xml", description="The QR code, as SVG."),
+)
 def enrollment_qr_svg(
     token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: AppSealer
 ) -> Response:
@@ -75,7 +80,11 @@ def enrollment_qr_svg(
     return Response(qr_svg(link), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
 
-@router.get("/api/v1/enrollment-tokens/{token_id}/qr.png", response_class=Response)
+@router.get(
+    "/api/v1/enrollment-tokens/{token_id}/qr.png",
+    response_class=Response,
+    responses=answered_as("image/png", description="The QR code, as PNG."),
+)
 def enrollment_qr_png(
     token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: AppSealer
 ) -> Response:
@@ -108,13 +117,21 @@ def revoke_device(
     return service.revoke_device(session, device_id, data.reason, actor)
 
 
-@router.get("/api/v1/pki/ca.pem", response_class=Response)
+@router.get(
+    "/api/v1/pki/ca.pem",
+    response_class=Response,
+    responses=answered_as("application/x-pem-file", description="The CA certificate, PEM."),
+)
 def ca_certificate(ca: CA) -> Response:
     """The school's CA certificate (PEM), which every device certificate chains to. Public."""
     return Response(ca.certificate_pem, media_type="application/x-pem-file")
 
 
-@router.get("/api/v1/pki/crl", response_class=Response)
+@router.get(
+    "/api/v1/pki/crl",
+    response_class=Response,
+    responses=answered_as("application/pkix-crl", description="The CRL, DER."),
+)
 def certificate_revocation_list(session: ReadSession, ca: CA) -> Response:
     """Every revoked device certificate (DER), for the Wi-Fi's RADIUS server and other network devices. Public."""
     return Response(

@@ -12,6 +12,7 @@ from mdm.actor import Role
 from mdm.csv_import import check_media_type
 from mdm.database import Database
 from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow, get_database
+from mdm.openapi import answered_as
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
 
 router = APIRouter(prefix="/api/v1/exits", tags=["leavers"])
@@ -90,7 +91,11 @@ def cancel_exit(case_id: str, session: WriteSession, actor: Openers) -> ExitCase
     return service.cancel_case(session, case_id, actor)
 
 
-@router.get("/{case_id}/report", response_model=None)
+@router.get(
+    "/{case_id}/report",
+    response_model=None,
+    responses=answered_as("application/json", "text/html", description="The evidence, as JSON or a page."),
+)
 def exit_report(
     case_id: str,
     request: Request,

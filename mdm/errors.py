@@ -7,6 +7,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,6 +20,28 @@ DATABASE_UNAVAILABLE = (OperationalError, DisconnectionError, PoolTimeoutError)
 DATABASE_RETRY_AFTER_SECONDS = 5
 
 log = logging.getLogger("mdm.errors")
+
+
+class ProblemDetail(BaseModel):
+    """One bad field, or one bad line of an import."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str | None = None
+    message: str
+    line: int | SkipJsonSchema[None] = None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem, the body of every refusal; some add members the client needs to act on it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemDetail] | SkipJsonSchema[None] = None
 
 
 class ProblemError(Exception):
@@ -121,3 +145,43 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _on_database_unavailable)
+    _document_problems(app)
+
+
+_SCHEMAS = "#/components/schemas/"
+# FastAPI documents its own validation error shape, which the handlers above never send.
+_FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": {"$ref": f"{_SCHEMAS}Problem"}}}}
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Makes /openapi.json say what the handlers do, so clients and the fuzz test can hold us to it."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _add_problems(generate())
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_problems(document: dict[str, Any]) -> None:
+    problem_schema = TypeAdapter(Problem).json_schema(ref_template=_SCHEMAS + "{model}")
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(problem_schema.pop("$defs", {}))
+    schemas["Problem"] = problem_schema
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = _problem_response("The request is invalid; `errors` names each bad field.")
+            responses["4XX"] = _problem_response(
+                "Refused: no or bad credentials, not allowed, unknown, conflict, gone, too large."
+            )
+    for name in _FASTAPI_VALIDATION_SCHEMAS:
+        schemas.pop(name, None)

@@ -7,6 +7,7 @@ from mdm.channel.api import DeviceOrRoles
 from mdm.dependencies import READERS, AppSealer, ReadSession, WriteSession, allow
 from mdm.devices import service as devices
 from mdm.errors import NotFound
+from mdm.openapi import answered_as
 from profiles import reconciler, service
 from profiles.models import AppCreate, AppPublic, AppUpdate, DesiredState, ProfileCreate, ProfilePublic, ProfileUpdate
 from profiles.render import MOBILECONFIG_MEDIA_TYPE
@@ -76,7 +77,11 @@ def delete_app(app_id: str, session: WriteSession, actor: Admin, sealer: AppSeal
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/api/v1/devices/{device_id}/profiles/{profile_id}.mobileconfig", response_class=Response)
+@router.get(
+    "/api/v1/devices/{device_id}/profiles/{profile_id}.mobileconfig",
+    response_class=Response,
+    responses=answered_as(MOBILECONFIG_MEDIA_TYPE, description="The profile, CMS-signed (DER)."),
+)
 def mobileconfig(
     device_id: str,
     profile_id: str,

@@ -103,3 +103,17 @@ def test_server_errors_hide_the_trace_but_keep_the_request_id(app, client, caplo
     logged = [r for r in caplog.records if r.name == "mdm.access" and r.levelname == "ERROR"]
     assert logged
     assert logged[0].exc_info is not None
+
+
+def test_openapi_document_declares_every_refusal_as_problem_json(client):
+    document = client.get("/openapi.json").json()
+    problem = document["components"]["schemas"]["Problem"]
+    assert {"title", "status", "detail"} <= set(problem["required"])
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert "4XX" in responses, f"{method.upper()} {path} does not document its refusals"
+            for status, response in responses.items():
+                if status.startswith("4"):
+                    assert list(response["content"]) == [PROBLEM], f"{method.upper()} {path} {status}"
+    assert "HTTPValidationError" not in document["components"]["schemas"]
