@@ -17,6 +17,7 @@ from enrollment.models import (
 from enrollment.qr import qr_png, qr_svg
 from mdm.actor import Role
 from mdm.dependencies import READERS, AppDatabase, AppSealer, AppSettings, ReadSession, WriteSession, allow
+from mdm.errors import problem_documented
 from mdm.openapi import answered_as
 from mdm.pagination import Page, PageParams, keyset, page_of, page_params
 from mdm.ratelimit import AbuseLimits, client_address
@@ -97,7 +98,7 @@ def enrollment_qr_png(
     "/api/v1/enroll",
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
-    responses={429: {"description": "Too many enrolment attempts, or refused tokens, from this address."}},
+    responses={429: problem_documented("Too many enrolment attempts, or refused tokens, from this address.")},
 )
 def enroll(
     data: EnrollRequest, request: Request, database: AppDatabase, ca: CA, settings: AppSettings

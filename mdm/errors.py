@@ -153,7 +153,8 @@ _SCHEMAS = "#/components/schemas/"
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 
-def _problem_response(description: str) -> dict[str, Any]:
+def problem_documented(description: str) -> dict[str, Any]:
+    """An OpenAPI response documented as the problem+json every refusal is."""
     return {"description": description, "content": {PROBLEM_JSON: {"schema": {"$ref": f"{_SCHEMAS}Problem"}}}}
 
 
@@ -179,8 +180,8 @@ def _add_problems(document: dict[str, Any]) -> None:
         for operation in item.values():
             responses = operation.setdefault("responses", {})
             if "422" in responses:
-                responses["422"] = _problem_response("The request is invalid; `errors` names each bad field.")
-            responses["4XX"] = _problem_response(
+                responses["422"] = problem_documented("The request is invalid; `errors` names each bad field.")
+            responses["4XX"] = problem_documented(
                 "Refused: no or bad credentials, not allowed, unknown, conflict, gone, too large."
             )
     for name in _FASTAPI_VALIDATION_SCHEMAS:
