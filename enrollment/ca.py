@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mdm.device_signature import weak_rsa_reason
+from mdm.private_files import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -320,14 +321,14 @@ def _create_ca_dir(data_dir: Path, ca_dir: Path, passphrase: str | None, common_
         certificate = _self_signed_ca_certificate(key, common_name)
         _write_new_file(staging / CA_KEY_FILE, _private_key_pem(key, passphrase), 0o600)
         _write_new_file(staging / CA_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         try:
             os.rename(staging, ca_dir)
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             return  # Another process published its CA first; the caller loads that one.
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -486,13 +487,4 @@ def _publish_file(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
                 os.link(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Without this a power cut right after first start could lose the new CA's directory entry.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)

@@ -41,6 +41,7 @@ from mdm.audit.service import verify_chain
 from mdm.database import open_database
 from mdm.ids import utcnow
 from mdm.migrate import current_revision, head_revision, is_known_revision, upgrade
+from mdm.private_files import fsync_dir
 from mdm.settings import Settings
 
 ARCHIVE_FORMAT = "school-mdm-backup"
@@ -274,15 +275,7 @@ def _publish(temporary: Path, destination: Path, force: bool) -> None:
             os.link(temporary, destination)  # fails if the name appeared meanwhile: never a silent overwrite
         except FileExistsError as exc:
             raise BackupError(f"{destination} already exists; pass --force to replace it.") from exc
-    _fsync_dir(destination.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_dir(destination.parent)
 
 
 # --- Restore ----------------------------------------------------------------------------------------
@@ -486,7 +479,7 @@ def _install_data_files(staged: Path, data_dir: Path, staging: Path) -> None:
         if target.is_dir() and not target.is_symlink():
             os.rename(target, staging / f"replaced-{entry.name}")  # removed with the staging folder
         os.replace(entry, target)
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
 
 
 def _tighten(path: Path) -> None:

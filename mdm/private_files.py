@@ -48,3 +48,12 @@ def restrict(path: Path, allowed: int) -> None:
         return
     except OSError as exc:
         log.warning("could not tighten the permissions of %s: %s", path, exc)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes a file just created or renamed in `directory` survive a power cut (its entry, not only its data)."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
