@@ -19,7 +19,7 @@ from mdm.commands.models import OPEN_STATUSES, Command, CommandStatus
 from mdm.csv_import import chunks
 from mdm.database import refresh_statistics
 from mdm.desired_state import DeviceSelector
-from mdm.devices.models import Device
+from mdm.devices.models import MANAGED_STATES, Device
 from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceApp, DeviceProfile
 from mdm.people.models import PersonGroup
@@ -40,7 +40,6 @@ BATCH_SIZE = 1000
 # After queuing this many commands at once, PostgreSQL's planner is told the command table grew.
 STATISTICS_AFTER = 5000
 RECONCILER = "reconciler"
-MANAGED_STATES = ("enrolled", "exiting")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from mdm.commands.models import (
     TechnicianCommand,
 )
 from mdm.devices import service as devices
-from mdm.devices.models import Device
+from mdm.devices.models import MANAGED_STATES, Device
 from mdm.errors import Conflict, Invalid, NotFound
 from mdm.ids import new_id, utcnow
 
@@ -214,12 +214,10 @@ def history_query(device_id: str) -> Select[Any]:
 
 # --- Staff actions ---------------------------------------------------------------------------------
 
-CHANNEL_STATES = ("enrolled", "exiting")
-
 
 def send_technician_command(session: Session, device_id: str, data: TechnicianCommand, actor: Actor) -> Command:
     device = devices.lock_for_update(session, device_id)
-    if device.state not in CHANNEL_STATES:
+    if device.state not in MANAGED_STATES:
         raise Conflict(f"This device is {device.state}: only enrolled devices receive commands.")
     if data.type == CommandType.EraseDevice.value:
         _check_erase_allowed(device, data.confirm)
