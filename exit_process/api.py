@@ -2,17 +2,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse
-from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
 from exit_process import service
-from exit_process.models import CaseStatus, ExitCase, ExitCasePublic, ExitCreate, StepNote
+from exit_process.models import CaseStatus, ExitCasePublic, ExitCreate, StepNote
 from exit_process.report import CONTENT_SECURITY_POLICY, as_html, evidence
 from mdm.actor import Role
 from mdm.csv_import import check_media_type
 from mdm.database import Database
 from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow, get_database
-from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/api/v1/exits", tags=["leavers"])
 Openers = allow(Role.admin, Role.technician, Role.integration)
@@ -57,14 +56,7 @@ def list_exits(
     status_: Annotated[CaseStatus | None, Query(alias="status")] = None,
     person_id: Annotated[str | None, Query(max_length=36)] = None,
 ) -> Page[ExitCasePublic]:
-    statement = select(ExitCase)
-    if status_ is not None:
-        statement = statement.where(ExitCase.status == status_.value)
-    if person_id is not None:
-        statement = statement.where(ExitCase.person_id == person_id)
-    rows = session.exec(keyset(statement, col(ExitCase.id), page)).all()  # type: ignore[call-overload]
-    items, cursor = page_of(rows, page, lambda case: case.id)
-    return Page(items=[service.case_public(session, c) for c in items], next_cursor=cursor)
+    return service.list_cases(session, page, status_, person_id)
 
 
 @router.get("/{case_id}", response_model=ExitCasePublic)

@@ -41,6 +41,7 @@ from mdm.devices.models import Device, DeviceState
 from mdm.errors import Conflict, NotFound
 from mdm.ids import new_id, utcnow
 from mdm.inventory import service as inventory
+from mdm.pagination import Page, PageParams, paginate
 from mdm.people import service as people
 from profiles import service as profiles
 
@@ -434,6 +435,17 @@ def on_command_result(session: Session, command: Command) -> None:
     case_ids = session.exec(select(ExitStep.case_id).where(ExitStep.device_id == command.device_id).distinct()).all()
     for case in session.exec(select(ExitCase).where(col(ExitCase.id).in_(case_ids), ExitCase.status == "in_progress")):
         advance_case(session, case)
+
+
+def list_cases(
+    session: Session, page: PageParams, status: CaseStatus | None = None, person_id: str | None = None
+) -> Page[ExitCasePublic]:
+    statement = select(ExitCase)
+    if status is not None:
+        statement = statement.where(ExitCase.status == status.value)
+    if person_id is not None:
+        statement = statement.where(ExitCase.person_id == person_id)
+    return paginate(session, statement, ExitCase.id, page, lambda cases: [case_public(session, c) for c in cases])
 
 
 def get_case(session: Session, case_id: str) -> ExitCase:

@@ -19,6 +19,7 @@ from mdm.categories import PERSONAL, Category
 from mdm.commands.models import (
     OPEN_STATUSES,
     Command,
+    CommandPublic,
     CommandResult,
     CommandStatus,
     CommandType,
@@ -28,6 +29,7 @@ from mdm.devices import service as devices
 from mdm.devices.models import MANAGED_STATES, Device
 from mdm.errors import Conflict, Invalid, NotFound
 from mdm.ids import new_id, utcnow
+from mdm.pagination import Page, PageParams, paginate
 
 MAX_COMMANDS_PER_CHECKIN = 50
 NOT_NOW_FIRST_RETRY = timedelta(minutes=1)
@@ -210,6 +212,23 @@ def cancel_all_open(session: Session, device_id: str, reason: str) -> list[str]:
 
 def history_query(device_id: str) -> Select[Any]:
     return select(Command).where(Command.device_id == device_id)
+
+
+def list_history(
+    session: Session, device_id: str, page: PageParams, status: CommandStatus | None = None
+) -> Page[CommandPublic]:
+    """Every command recorded for the device, oldest first."""
+    devices.require_device(session, device_id)
+    statement = history_query(device_id)
+    if status is not None:
+        statement = statement.where(Command.status == status.value)
+    return paginate(
+        session,
+        statement,
+        Command.id,
+        page,
+        lambda rows: [CommandPublic.model_validate(c, from_attributes=True) for c in rows],
+    )
 
 
 # --- Staff actions ---------------------------------------------------------------------------------
