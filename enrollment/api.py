@@ -1,12 +1,10 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, status
-from sqlmodel import select
 
 from enrollment import service
 from enrollment.ca import CertificateAuthority
 from enrollment.models import (
-    EnrollmentToken,
     EnrollmentTokenCreate,
     EnrollmentTokenCreated,
     EnrollmentTokenPublic,
@@ -19,7 +17,7 @@ from mdm.actor import Role
 from mdm.dependencies import READERS, AppDatabase, AppSealer, AppSettings, ReadSession, WriteSession, allow
 from mdm.errors import problem_documented
 from mdm.openapi import answered_as
-from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.pagination import Page, PageParams, page_params
 from mdm.ratelimit import AbuseLimits, client_address
 
 router = APIRouter(tags=["enrolment"])
@@ -48,13 +46,7 @@ def list_enrollment_tokens(
     page: Annotated[PageParams, Depends(page_params)],
     active: bool = False,
 ) -> Page[EnrollmentTokenPublic]:
-    statement = select(EnrollmentToken)
-    if active:
-        ids = [t.id for t in service.list_tokens(session, active_only=True)]
-        statement = statement.where(EnrollmentToken.id.in_(ids))  # type: ignore[attr-defined]
-    rows = session.exec(keyset(statement, EnrollmentToken.id, page)).all()  # type: ignore[arg-type,call-overload]
-    items, cursor = page_of(rows, page, lambda token: token.id)
-    return Page(items=[service.to_public(t) for t in items], next_cursor=cursor)
+    return service.list_tokens(session, page, active_only=active)
 
 
 @router.get("/api/v1/enrollment-tokens/{token_id}", response_model=EnrollmentTokenPublic)

@@ -27,6 +27,7 @@ from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceState
 from mdm.errors import Conflict, Invalid, NotFound, ProblemError
 from mdm.ids import new_id, utcnow
+from mdm.pagination import Page, PageParams, paginate
 from mdm.people import service as people
 from mdm.sealing import Sealer
 
@@ -91,15 +92,15 @@ def get_token(session: Session, token_id: str) -> EnrollmentToken:
     return token
 
 
-def list_tokens(session: Session, active_only: bool) -> list[EnrollmentToken]:
-    statement = select(EnrollmentToken).order_by(EnrollmentToken.id)
+def list_tokens(session: Session, page: PageParams, active_only: bool = False) -> Page[EnrollmentTokenPublic]:
+    statement = select(EnrollmentToken)
     if active_only:
         statement = statement.where(
             col(EnrollmentToken.revoked_at).is_(None),
             EnrollmentToken.expires_at > utcnow(),
             EnrollmentToken.uses < EnrollmentToken.max_uses,
         )
-    return list(session.exec(statement))
+    return paginate(session, statement, EnrollmentToken.id, page, lambda rows: [to_public(t) for t in rows])
 
 
 def revoke_token(session: Session, token_id: str, actor: Actor) -> EnrollmentToken:

@@ -1,19 +1,18 @@
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse
-from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
-from exit_process import service
-from exit_process.models import CaseStatus, ExitCase, ExitCasePublic, ExitCreate, StepNote
+from exit_process import flows, leavers, service
+from exit_process.models import CaseStatus, ExitCasePublic, ExitCreate, StepNote
 from exit_process.report import CONTENT_SECURITY_POLICY, as_html, evidence
 from mdm.actor import Role
 from mdm.csv_import import check_media_type
 from mdm.database import Database
 from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow, get_database
 from mdm.openapi import answered_as
-from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/api/v1/exits", tags=["leavers"])
 Openers = allow(Role.admin, Role.technician, Role.integration)
@@ -26,7 +25,7 @@ def open_exit(
     data: ExitCreate, session: WriteSession, actor: Openers, settings: AppSettings, response: Response
 ) -> ExitCasePublic:
     """Offboards every device of a leaver on the leaving date (today if none). `dry_run` shows the plan only."""
-    case = service.open_case(session, data, actor, settings.timezone)
+    case = flows.open_case(session, data, actor, settings.timezone)
     if data.dry_run:
         response.status_code = status.HTTP_200_OK
     return case
@@ -34,18 +33,23 @@ def open_exit(
 
 @router.post(
     "/import",
+    response_model=leavers.LeaversImportResult,
     openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}, "required": True}},
 )
 async def import_leavers(
     request: Request, actor: Openers, database: Annotated[Database, Depends(get_database)], settings: AppSettings
-) -> dict[str, Any]:
-    """CSV `external_id,leaving_date,reason`: all lines checked first; any bad line and no case is opened."""
+) -> leavers.LeaversImportResult:
+    """CSV `external_id,leaving_date,reason`: all lines checked first; any bad line and no case is opened.
+
+    Answers the same counts as the people and devices imports (`created` is the cases opened), with
+    how many are `scheduled` for a later date and how many `started` at once.
+    """
     check_media_type(request.headers.get("content-type"))
     data = await request.body()
 
-    def run() -> dict[str, Any]:
+    def run() -> leavers.LeaversImportResult:
         with database.writing() as session:
-            return service.import_leavers_csv(session, data, actor, settings.timezone, settings.import_max_rows)
+            return leavers.import_leavers_csv(session, data, actor, settings.timezone, settings.import_max_rows)
 
     return await run_in_threadpool(run)
 
@@ -58,14 +62,7 @@ def list_exits(
     status_: Annotated[CaseStatus | None, Query(alias="status")] = None,
     person_id: Annotated[str | None, Query(max_length=36)] = None,
 ) -> Page[ExitCasePublic]:
-    statement = select(ExitCase)
-    if status_ is not None:
-        statement = statement.where(ExitCase.status == status_.value)
-    if person_id is not None:
-        statement = statement.where(ExitCase.person_id == person_id)
-    rows = session.exec(keyset(statement, col(ExitCase.id), page)).all()  # type: ignore[call-overload]
-    items, cursor = page_of(rows, page, lambda case: case.id)
-    return Page(items=[service.case_public(session, c) for c in items], next_cursor=cursor)
+    return service.list_cases(session, page, status_, person_id)
 
 
 @router.get("/{case_id}", response_model=ExitCasePublic)
@@ -76,13 +73,13 @@ def get_exit(case_id: str, session: ReadSession, _actor: Readers) -> ExitCasePub
 @router.post("/{case_id}/steps/{step_id}/complete", response_model=ExitCasePublic)
 def complete_step(case_id: str, step_id: str, data: StepNote, session: WriteSession, actor: Staff) -> ExitCasePublic:
     """Confirms a hand-in, or, once the case is overdue, forces the rest of a device's steps (revoke and retire)."""
-    return service.complete_step(session, case_id, step_id, data.note, actor)
+    return flows.complete_step(session, case_id, step_id, data.note, actor)
 
 
 @router.post("/{case_id}/steps/{step_id}/retry", response_model=ExitCasePublic)
 def retry_step(case_id: str, step_id: str, session: WriteSession, actor: Staff) -> ExitCasePublic:
     """Sends a failed step's commands again."""
-    return service.retry_step(session, case_id, step_id, actor)
+    return flows.retry_step(session, case_id, step_id, actor)
 
 
 @router.post("/{case_id}/cancel", response_model=ExitCasePublic)

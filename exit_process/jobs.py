@@ -1,14 +1,14 @@
 """The exit's daily and periodic work, each run once across replicas."""
 
-from exit_process import service
+from exit_process import flows, service
 from mdm.scheduler import JobContext, JobSpec
 
 
 def start_due_exits(timezone: str):  # type: ignore[no-untyped-def]
     def work(context: JobContext) -> str:
         with context.database.writing() as session:
-            started = service.start_due_cases(session, service.today(timezone))
-            locked = service.lock_uncollected(session, service.today(timezone))
+            started = flows.start_due_cases(session, service.today(timezone))
+            locked = flows.lock_uncollected(session, service.today(timezone))
         return f"started {len(started)} exit case(s); locked {len(locked)} uncollected device(s)"
 
     return work
@@ -17,7 +17,7 @@ def start_due_exits(timezone: str):  # type: ignore[no-untyped-def]
 def advance_open_exits(context: JobContext) -> str:
     """Moves every open case on from the facts: the safety net if an answer's update was ever lost."""
     with context.database.writing() as session:
-        advanced = service.advance_open_cases(session)
+        advanced = flows.advance_open_cases(session)
     return f"advanced {advanced} open exit case(s)"
 
 

@@ -1,82 +1,48 @@
-"""Leavers: one case per person, a checklist per device, moved on by the devices' own answers.
+"""Leaver cases as stored: get, create, list, update, and how a case reads in the API.
 
-The exit does not remove anything itself. It moves the device to `exiting`, which empties its desired
-state, and the reconciler queues the removals. The exit queues only what no desired state describes:
-RemoveMDM once the removals are answered, and EraseDevice once a school device is handed in. Every step's
-status is recomputed from the facts (commands, records, certificates), so a restart at any point
-resumes where it was, and nothing is queued twice.
+The step engine that moves a case on lives in exit_process/flows.py; the MIS's CSV in
+exit_process/leavers.py. This module touches only the exit's own tables, so both can share it.
 """
 
-from collections.abc import Iterable
 from datetime import date, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from compliance.webhooks import service as webhooks
-from enrollment import service as enrollment
 from exit_process.models import (
     FINISHED_STEPS,
     CaseStatus,
     ExitCase,
     ExitCasePublic,
-    ExitCreate,
     ExitDevice,
     ExitDevicePublic,
     ExitStep,
     StepPublic,
-    StepStatus,
 )
-from mdm import desired_state
-from mdm.actor import SYSTEM, Actor
+from mdm.actor import Actor
 from mdm.audit.service import record
-from mdm.categories import SCHOOL_OWNED, Category
-from mdm.commands import service as commands
-from mdm.commands.models import Command, CommandType
-from mdm.csv_import import DEFAULT_MAX_ROWS
-from mdm.devices import service as devices
-from mdm.devices.models import Device, DeviceState
 from mdm.errors import Conflict, NotFound
 from mdm.ids import new_id, utcnow
-from mdm.inventory import service as inventory
-from mdm.people import service as people
-from profiles import service as profiles
+from mdm.pagination import Page, PageParams, paginate
 
-PERSONAL_STEPS = (
-    "remove_school_apps",
-    "remove_proxy",
-    "remove_profiles",
-    "reclaim_licences",
-    "remove_mdm",
-    "revoke_certificate",
-)
-SCHOOL_STEPS = ("collect_device", "wipe", "reclaim_licences", "revoke_certificate", "return_to_pool")
-EXIT_DEVICE_STATES = (DeviceState.enrolled.value, DeviceState.exiting.value, DeviceState.registered.value)
+OPEN_STATUSES = (CaseStatus.scheduled.value, CaseStatus.in_progress.value)
 OVERDUE_AFTER = timedelta(days=14)
-UNCOLLECTED_LOCK_AFTER = timedelta(days=7)
-LOCK_MESSAGE = "This device belongs to the school. Please return it to the IT office."
-REMOVE_MDM_TARGET, ERASE_TARGET, LOCK_TARGET = "device:mdm", "device:erase", "device:exit-lock"
 
 
 def today(timezone: str) -> date:
     return datetime.now(ZoneInfo(timezone)).date()
 
 
-# --- Opening a case --------------------------------------------------------------------------------
+def get_case(session: Session, case_id: str) -> ExitCase:
+    case = session.get(ExitCase, case_id)
+    if case is None:
+        raise NotFound("exit case", case_id)
+    return case
 
 
-def open_case(session: Session, data: ExitCreate, actor: Actor, timezone: str) -> ExitCasePublic:
-    person = people.require_person(session, data.person_id)
-    leaving = data.leaving_date or today(timezone)
-    if data.dry_run:
-        return plan(session, person.id, leaving, data.reason)
-    _refuse_second_case(session, person.id)
-    return case_public(session, _new_case(session, person.id, leaving, data.reason, actor, timezone))
-
-
-def _new_case(session: Session, person_id: str, leaving: date, reason: str, actor: Actor, timezone: str) -> ExitCase:
+def create_case(session: Session, person_id: str, leaving: date, reason: str, actor: Actor) -> ExitCase:
+    """A scheduled case; a second open case for the same person is a 409, even from a racing request."""
     case = ExitCase(
         id=new_id(),
         person_id=person_id,
@@ -92,7 +58,7 @@ def _new_case(session: Session, person_id: str, leaving: date, reason: str, acto
             session.add(case)
             session.flush()
     except IntegrityError:
-        _refuse_second_case(session, person_id)
+        refuse_second_case(session, person_id)
         raise
     record(
         session,
@@ -102,456 +68,93 @@ def _new_case(session: Session, person_id: str, leaving: date, reason: str, acto
         case.id,
         {"person_id": person_id, "leaving_date": leaving.isoformat(), "reason": reason},
     )
-    if leaving <= today(timezone):
-        start_case(session, case, actor)
     return case
 
 
-def _refuse_second_case(session: Session, person_id: str) -> None:
+def refuse_second_case(session: Session, person_id: str) -> None:
     existing = session.exec(
-        select(ExitCase).where(
-            ExitCase.person_id == person_id,
-            col(ExitCase.status).in_([CaseStatus.scheduled.value, CaseStatus.in_progress.value]),
-        )
+        select(ExitCase).where(ExitCase.person_id == person_id, col(ExitCase.status).in_(OPEN_STATUSES))
     ).first()
     if existing is not None:
         raise Conflict(f"This person already has an open exit case ({existing.status}).", existing_id=existing.id)
 
 
-def _person_devices(session: Session, person_id: str) -> list[Device]:
-    statement = select(Device).where(Device.person_id == person_id, col(Device.state).in_(EXIT_DEVICE_STATES))
-    return list(session.exec(statement.order_by(Device.id)))
+def people_with_open_cases(session: Session) -> set[str]:
+    return set(session.exec(select(ExitCase.person_id).where(col(ExitCase.status).in_(OPEN_STATUSES))))
 
 
-def _ownership(device: Device) -> str:
-    return "school" if Category(device.category) in SCHOOL_OWNED else "personal"
+def cases_in(session: Session, status: CaseStatus) -> list[ExitCase]:
+    return list(session.exec(select(ExitCase).where(ExitCase.status == status.value)))
 
 
-def plan(session: Session, person_id: str, leaving: date, reason: str) -> ExitCasePublic:
-    """The dry run: what an exit would do to each device, stored nowhere."""
-    planned = []
-    for device in _person_devices(session, person_id):
-        ownership = _ownership(device)
-        kinds = PERSONAL_STEPS if ownership == "personal" else SCHOOL_STEPS
-        removed, _licensed, kept = _apps_of(session, device.id)
-        steps = [
-            StepPublic(
-                id="",
-                kind=k,
-                status=StepStatus.pending,
-                detail=None,
-                command_id=None,
-                command_ids=[],
-                completed_at=None,
-            )
-            for k in kinds
-        ]
-        planned.append(
-            ExitDevicePublic(
-                device_id=device.id,
-                ownership=ownership,
-                steps=steps,
-                apps_removed=removed,
-                apps_kept=kept,
-                licences_returned=[],
-            )
-        )
-    return ExitCasePublic(
-        id=None, person_id=person_id, status="dry_run", reason=reason, leaving_date=leaving, devices=planned
-    )
+def due_cases(session: Session, on: date) -> list[ExitCase]:
+    """Scheduled cases whose leaving date has come."""
+    statement = select(ExitCase).where(ExitCase.status == CaseStatus.scheduled.value, ExitCase.leaving_date <= on)
+    return list(session.exec(statement))
 
 
-# --- Starting it -----------------------------------------------------------------------------------
+def cases_of_device(session: Session, device_id: str, status: CaseStatus) -> list[ExitCase]:
+    case_ids = select(ExitStep.case_id).where(ExitStep.device_id == device_id).distinct()
+    statement = select(ExitCase).where(col(ExitCase.id).in_(case_ids), ExitCase.status == status.value)
+    return list(session.exec(statement))
 
 
-def start_case(session: Session, case: ExitCase, actor: Actor) -> None:
-    case.status, case.started_at = CaseStatus.in_progress.value, utcnow()
-    session.add(case)
-    exiting = []
-    for device in _person_devices(session, case.person_id):
-        ownership = _ownership(device)
-        _school, licensed, kept = _apps_of(session, device.id)
-        session.add(
-            ExitDevice(
-                case_id=case.id, device_id=device.id, ownership=ownership, apps_kept=kept, licences_held=licensed
-            )
-        )
-        kinds = PERSONAL_STEPS if ownership == "personal" else SCHOOL_STEPS
-        session.add_all(
-            ExitStep(
-                id=new_id(),
-                case_id=case.id,
-                device_id=device.id,
-                position=i,
-                kind=kind,
-                command_ids=[],
-                acknowledgements=[],
-            )
-            for i, kind in enumerate(kinds)
-        )
-        if device.state == DeviceState.enrolled.value:
-            devices.set_state(session, device, DeviceState.exiting)
-            exiting.append(device.id)
-    session.flush()
-    case.revoked_tokens = enrollment.revoke_person_tokens(session, case.person_id, actor)
-    record(
-        session, actor, "exit.start", "exit_case", case.id, {"devices": exiting, "revoked_tokens": case.revoked_tokens}
-    )
-    # The desired state of an exiting device is "nothing of the school's": the reconciler queues the removals.
-    desired_state.devices_changed(session, device_ids=exiting)
-    advance_case(session, case)
+def case_steps(session: Session, case_id: str) -> list[ExitStep]:
+    return list(session.exec(select(ExitStep).where(ExitStep.case_id == case_id)))
 
 
-def _apps_of(session: Session, device_id: str) -> tuple[list[str], list[str], list[str]]:
-    """The school's apps on the device (by its own records), those holding a pool licence, and the family's."""
-    school = profiles.school_apps_on(session, device_id)
-    identifiers = [identifier for identifier, _ in school]
-    licensed = [identifier for identifier, is_licensed in school if is_licensed]
-    family = [a.identifier for a in inventory.installed_apps(session, device_id) if a.identifier not in identifiers]
-    return identifiers, licensed, family
+def case_devices(session: Session, case_id: str) -> list[ExitDevice]:
+    statement = select(ExitDevice).where(ExitDevice.case_id == case_id).order_by(col(ExitDevice.device_id))
+    return list(session.exec(statement))
 
 
-# --- Moving it on ----------------------------------------------------------------------------------
-
-
-def advance_case(session: Session, case: ExitCase) -> None:
-    """Recomputes every step from the facts; queues RemoveMDM or EraseDevice when their turn comes."""
-    if case.status != CaseStatus.in_progress.value:
-        return
-    before = {s.id: s.status for s in session.exec(select(ExitStep).where(ExitStep.case_id == case.id))}
-    filters = profiles.filtering_profile_identifiers(session)  # once a case, not once a device
-    for exit_device in session.exec(select(ExitDevice).where(ExitDevice.case_id == case.id)):
-        steps = _steps(session, case.id, exit_device.device_id)
-        if exit_device.ownership == "personal":
-            _advance_personal(session, case, exit_device, steps, filters)
-        else:
-            _advance_school(session, case, exit_device, steps)
-    _settle_case(session, case, before)
-
-
-def _steps(session: Session, case_id: str, device_id: str) -> dict[str, ExitStep]:
-    statement = select(ExitStep).where(ExitStep.case_id == case_id, ExitStep.device_id == device_id)
-    return {step.kind: step for step in session.exec(statement.order_by(ExitStep.position))}
-
-
-def _device_commands(session: Session, device_id: str, since: datetime | None) -> list[Command]:
-    statement = select(Command).where(Command.device_id == device_id, col(Command.status) != "cancelled")
-    if since is not None:
-        statement = statement.where(Command.created_at >= since)
-    return list(session.exec(statement.order_by(Command.id)))
-
-
-def _advance_personal(
-    session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep], filters: set[str]
-) -> None:
-    device_id = exit_device.device_id
-    sent = _device_commands(session, device_id, case.started_at)
-    removals = {
-        "remove_school_apps": [c for c in sent if c.type == CommandType.RemoveApplication.value],
-        "remove_proxy": [c for c in sent if c.type == CommandType.RemoveProfile.value and _identifier(c) in filters],
-        "remove_profiles": [
-            c for c in sent if c.type == CommandType.RemoveProfile.value and _identifier(c) not in filters
-        ],
-    }
-    for kind, cmds in removals.items():
-        _from_commands(steps[kind], cmds, nothing="nothing of the school's to remove")
-    exit_device.apps_removed = sorted(
-        {_identifier(c) for c in removals["remove_school_apps"] if c.status == "acknowledged"}
-    )
-    _reclaim(session, steps["reclaim_licences"], exit_device, after=[steps[k] for k in removals])
-    if all(steps[k].status in (*FINISHED_STEPS, "failed") for k in removals):
-        _once(session, steps["remove_mdm"], sent, CommandType.RemoveMDM, REMOVE_MDM_TARGET)
-    if steps["remove_mdm"].status == StepStatus.done.value:
-        for kind in removals:  # a device drops every managed app and profile when management ends
-            if steps[kind].status == StepStatus.failed.value:
-                _finish(
-                    steps[kind],
-                    StepStatus.done,
-                    f"{steps[kind].detail}; removed when management ended (RemoveMDM acknowledged)",
-                )
-    _certificate(session, steps["revoke_certificate"], exit_device, after=steps["remove_mdm"])
-    session.add(exit_device)
-
-
-def _advance_school(session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep]) -> None:
-    device = session.get(Device, exit_device.device_id)
-    assert device is not None
-    sent = _device_commands(session, device.id, case.started_at)
-    collect = steps["collect_device"]
-    if collect.status not in FINISHED_STEPS:
-        collect.detail = "waiting for the device to be handed in to IT"
-        session.add(collect)
-    never_enrolled = devices.latest_certificate(session, device.id) is None
-    if never_enrolled:
-        for kind in ("wipe", "reclaim_licences", "revoke_certificate"):
-            _finish(steps[kind], StepStatus.skipped, "the device was never enrolled")
-    elif collect.status in FINISHED_STEPS:
-        _wipe(session, steps["wipe"], device, sent)
-        _reclaim(session, steps["reclaim_licences"], exit_device, after=[steps["wipe"]])
-        _certificate(session, steps["revoke_certificate"], exit_device, after=steps["wipe"])
-    if collect.status in FINISHED_STEPS and (never_enrolled or steps["wipe"].status in FINISHED_STEPS):
-        if never_enrolled and device.state != DeviceState.in_stock.value:
-            devices.set_state(session, device, DeviceState.in_stock, unassign=True)
-        if device.state == DeviceState.in_stock.value and device.person_id is None:
-            _finish(steps["return_to_pool"], StepStatus.done, "in stock, unassigned, ready to enrol again")
-
-
-def _wipe(session: Session, step: ExitStep, device: Device, sent: list[Command]) -> None:
-    if step.status in FINISHED_STEPS:
-        return
-    if device.held and not any(c.type == CommandType.EraseDevice.value for c in sent):
-        step.status, step.detail = StepStatus.pending.value, f"blocked: the device is held ({device.held_reason})"
-        session.add(step)
-        return
-    _once(session, step, sent, CommandType.EraseDevice, ERASE_TARGET)
-
-
-def _identifier(command: Command) -> str:
-    return str(command.payload.get("identifier", ""))
-
-
-def _from_commands(step: ExitStep, sent: list[Command], nothing: str) -> None:
-    """A removal step follows its commands: all acknowledged is done, an error is failed, else waiting.
-
-    Only the latest command for each target counts: a retry that succeeded outweighs the error before it.
-    """
-    if step.status in FINISHED_STEPS:
-        return
-    step.command_ids = [c.id for c in sent]
-    step.acknowledgements = [_ack(c) for c in sent if c.answered_at is not None]
-    latest = list({(c.type, _identifier(c)): c for c in sent}.values())
-    if not latest:
-        _finish(step, StepStatus.done, nothing)
-    elif any(c.status in ("queued", "sent", "not_now") for c in latest):
-        step.status, step.detail = (
-            StepStatus.waiting_for_device.value,
-            f"{len(latest)} command(s) sent, waiting for the device",
-        )
-    elif any(c.status in ("error", "expired") for c in latest):
-        failed = next(c for c in latest if c.status in ("error", "expired"))
-        step.status, step.detail = (
-            StepStatus.failed.value,
-            f"{failed.type} {_identifier(failed)}: {failed.result_detail}",
-        )
-    else:
-        _finish(step, StepStatus.done, f"{len(latest)} removal(s) acknowledged by the device")
-
-
-def _once(session: Session, step: ExitStep, sent: list[Command], command_type: CommandType, target: str) -> None:
-    """Queues the step's single command the first time, then follows it."""
-    if step.status in FINISHED_STEPS:
-        return
-    mine = [c for c in sent if c.type == command_type.value]
-    retried = step.status == StepStatus.pending.value and bool(mine) and mine[-1].status in ("error", "expired")
-    if not mine or retried:
-        command = commands.queue_command(
-            session, step.device_id, command_type, {}, "exit", target=target, intent=command_type.value
-        )
-        mine = [command]
-    _from_commands(step, mine[-1:], nothing="")
-
-
-def _reclaim(session: Session, step: ExitStep, exit_device: ExitDevice, after: Iterable[ExitStep]) -> None:
-    if step.status in FINISHED_STEPS:
-        return
-    held = profiles.school_apps_on(session, exit_device.device_id)
-    licensed = [identifier for identifier, is_licensed in held if is_licensed]
-    exit_device.licences_returned = sorted(set(exit_device.licences_held) - set(licensed))
-    if not held:
-        _finish(step, StepStatus.done, f"{len(exit_device.licences_returned)} licence(s) back in their pools")
-    elif all(s.status in (*FINISHED_STEPS, "failed") for s in after):
-        step.status, step.detail = StepStatus.failed.value, f"still held: {', '.join(licensed)}"
-    else:
-        step.status, step.detail = StepStatus.waiting_for_device.value, f"{len(licensed)} licence(s) still held"
-
-
-def _certificate(session: Session, step: ExitStep, exit_device: ExitDevice, after: ExitStep) -> None:
-    if step.status in FINISHED_STEPS:
-        return
-    live = devices.latest_certificate(session, exit_device.device_id)
-    if live is not None and live.revoked_at is None:
-        step.status = (
-            StepStatus.pending.value if after.status not in FINISHED_STEPS else StepStatus.waiting_for_device.value
-        )
-        step.detail = f"waiting for {after.kind}"
-        return
-    exit_device.certificate_serials = [live.serial_number] if live else []
-    exit_device.crl_number = devices.current_crl_number(session)
-    _finish(
-        step,
-        StepStatus.done,
-        f"certificate {live.serial_number if live else '-'} revoked; CRL {exit_device.crl_number} lists it",
-    )
-
-
-def _finish(step: ExitStep, status: StepStatus, detail: str, actor: str = "system") -> None:
-    if step.status in FINISHED_STEPS:
-        return
-    step.status, step.detail, step.completed_at, step.actor = status.value, detail, utcnow(), actor
-
-
-def _ack(command: Command) -> dict[str, Any]:
-    return {
-        "command_id": command.id,
-        "type": command.type,
-        "status": command.status,
-        "answered_at": command.answered_at.isoformat() if command.answered_at else None,
-        "detail": command.result_detail,
-    }
-
-
-def _settle_case(session: Session, case: ExitCase, before: dict[str, str]) -> None:
-    steps = list(session.exec(select(ExitStep).where(ExitStep.case_id == case.id)))
-    for step in steps:
-        session.add(step)
-        if step.status == StepStatus.failed.value and before.get(step.id) != StepStatus.failed.value:
-            webhooks.emit(
-                session,
-                "exit.step_failed",
-                {
-                    "case_id": case.id,
-                    "person_id": case.person_id,
-                    "device_id": step.device_id,
-                    "step": step.kind,
-                    "detail": step.detail,
-                },
-            )
-    if not all(step.status in FINISHED_STEPS for step in steps):
-        return
-    manual = any(step.status == StepStatus.done_manually.value for step in steps)
-    case.status = (CaseStatus.completed_with_exceptions if manual else CaseStatus.completed).value
-    case.completed_at = utcnow()
-    session.add(case)
-    record(session, SYSTEM, "exit.complete", "exit_case", case.id, {"status": case.status})
-    webhooks.emit(session, "exit.completed", {"case_id": case.id, "person_id": case.person_id, "status": case.status})
-
-
-# --- Device answers, hand-ins and forcing ----------------------------------------------------------
-
-
-def on_command_result(session: Session, command: Command) -> None:
-    """Every answer from a device in an exit moves its case on."""
-    case_ids = session.exec(select(ExitStep.case_id).where(ExitStep.device_id == command.device_id).distinct()).all()
-    for case in session.exec(select(ExitCase).where(col(ExitCase.id).in_(case_ids), ExitCase.status == "in_progress")):
-        advance_case(session, case)
-
-
-def get_case(session: Session, case_id: str) -> ExitCase:
-    case = session.get(ExitCase, case_id)
-    if case is None:
-        raise NotFound("exit case", case_id)
-    return case
-
-
-def complete_step(session: Session, case_id: str, step_id: str, note: str, actor: Actor) -> ExitCasePublic:
-    """A step done by hand: a hand-in confirmed, or (once the case is overdue) the rest forced."""
-    case = get_case(session, case_id)
-    step = session.get(ExitStep, step_id)
-    if step is None or step.case_id != case.id:
-        raise NotFound("step of this exit case", step_id)
-    if case.status != CaseStatus.in_progress.value:
-        raise Conflict(f"This exit case is {case.status}; only a case in progress has steps to complete.")
-    if step.kind == "collect_device":
-        _finish(step, StepStatus.done, f"handed in: {note}", actor.label)
-        record(
-            session,
-            actor,
-            "exit.step_complete",
-            "exit_case",
-            case.id,
-            {"step": step.kind, "device_id": step.device_id, "note": note},
-        )
-    else:
-        _force_device(session, case, step.device_id, note, actor)
-    advance_case(session, case)
-    return case_public(session, case)
-
-
-def _force_device(session: Session, case: ExitCase, device_id: str, note: str, actor: Actor) -> None:
-    overdue_on = case.leaving_date + OVERDUE_AFTER
-    if utcnow().date() < overdue_on:
-        raise Conflict(f"The rest of this device's steps can be forced once the case is overdue, from {overdue_on}.")
-    device = devices.lock_for_update(session, device_id)
-    for command in commands.open_commands(session, device_id):
-        commands.cancel_command(session, device_id, command.id, "exit forced")
-    revoked = enrollment.revoke_device(session, device_id, f"exit forced: {note}", actor)
-    devices.set_state(session, device, DeviceState.retired)
-    for step in _steps(session, case.id, device_id).values():
-        _finish(step, StepStatus.done_manually, f"forced: {note}", actor.label)
-        session.add(step)
-    exit_device = session.get(ExitDevice, (case.id, device_id))
-    if exit_device is not None:
-        exit_device.certificate_serials = revoked["revoked_certificates"]  # type: ignore[assignment]
-        exit_device.crl_number = revoked["crl_number"]  # type: ignore[assignment]
-        session.add(exit_device)
-    record(session, actor, "exit.force", "exit_case", case.id, {"device_id": device_id, "note": note})
-
-
-def retry_step(session: Session, case_id: str, step_id: str, actor: Actor) -> ExitCasePublic:
-    case = get_case(session, case_id)
-    step = session.get(ExitStep, step_id)
-    if step is None or step.case_id != case.id:
-        raise NotFound("step of this exit case", step_id)
-    if step.status != StepStatus.failed.value:
-        raise Conflict(f"Only a failed step can be retried; this one is {step.status}.")
-    step.status, step.detail = StepStatus.pending.value, "retried"
-    session.add(step)
-    record(session, actor, "exit.step_retry", "exit_case", case.id, {"step": step.kind, "device_id": step.device_id})
-    # The reconciler queues any removal still needed; RemoveMDM or EraseDevice is queued anew below.
-    desired_state.devices_changed(session, device_ids=[step.device_id])
-    advance_case(session, case)
-    return case_public(session, case)
-
-
-# --- Daily work ------------------------------------------------------------------------------------
-
-
-def start_due_cases(session: Session, on: date) -> list[str]:
-    due = list(
-        session.exec(select(ExitCase).where(ExitCase.status == CaseStatus.scheduled.value, ExitCase.leaving_date <= on))
-    )
-    for case in due:
-        start_case(session, case, SYSTEM)
-    return [case.id for case in due]
-
-
-def lock_uncollected(session: Session, on: date) -> list[str]:
-    """A school device not handed in a week after its leaver left is locked with a message."""
-    locked = []
+def uncollected_steps(session: Session, left_on_or_before: date) -> list[ExitStep]:
+    """School devices of cases in progress still not handed in, for leavers gone since that day or earlier."""
     statement = (
-        select(ExitStep, ExitCase)
-        .join(ExitCase, ExitCase.id == ExitStep.case_id)  # type: ignore[arg-type]
+        select(ExitStep)
+        .join(ExitCase, col(ExitCase.id) == col(ExitStep.case_id))
         .where(
             ExitStep.kind == "collect_device",
             col(ExitStep.status).not_in(list(FINISHED_STEPS)),
             ExitCase.status == CaseStatus.in_progress.value,
-            ExitCase.leaving_date <= on - UNCOLLECTED_LOCK_AFTER,
+            ExitCase.leaving_date <= left_on_or_before,
         )
     )
-    for step, _case in session.exec(statement):
-        already = [c for c in commands.open_commands(session, step.device_id) if c.target == LOCK_TARGET]
-        if not already and not step.command_ids:
-            command = commands.queue_command(
-                session,
-                step.device_id,
-                CommandType.DeviceLock,
-                {"message": LOCK_MESSAGE},
-                "exit",
-                target=LOCK_TARGET,
-                intent="lock",
-            )
-            step.command_ids = [command.id]
-            step.detail = "not handed in: locked with a message asking for its return"
-            session.add(step)
-            locked.append(step.device_id)
-    return locked
+    return list(session.exec(statement))
 
 
-def advance_open_cases(session: Session) -> int:
-    cases = list(session.exec(select(ExitCase).where(ExitCase.status == CaseStatus.in_progress.value)))
-    for case in cases:
-        advance_case(session, case)
-    return len(cases)
+def list_cases(
+    session: Session, page: PageParams, status: CaseStatus | None = None, person_id: str | None = None
+) -> Page[ExitCasePublic]:
+    statement = select(ExitCase)
+    if status is not None:
+        statement = statement.where(ExitCase.status == status.value)
+    if person_id is not None:
+        statement = statement.where(ExitCase.person_id == person_id)
+    return paginate(session, statement, ExitCase.id, page, lambda cases: [case_public(session, c) for c in cases])
+
+
+def cancel_case(session: Session, case_id: str, actor: Actor) -> ExitCasePublic:
+    case = get_case(session, case_id)
+    if case.status != CaseStatus.scheduled.value:
+        raise Conflict(f"Only a scheduled exit can be cancelled; this one is {case.status}.")
+    case.status = CaseStatus.cancelled.value
+    session.add(case)
+    record(session, actor, "exit.cancel", "exit_case", case.id, {})
+    return case_public(session, case)
+
+
+def steps_of(session: Session, case_id: str, device_id: str) -> dict[str, ExitStep]:
+    """A device's steps in a case, by kind, in checklist order."""
+    statement = select(ExitStep).where(ExitStep.case_id == case_id, ExitStep.device_id == device_id)
+    return {step.kind: step for step in session.exec(statement.order_by(ExitStep.position))}
+
+
+def step_of(session: Session, case: ExitCase, step_id: str) -> ExitStep:
+    step = session.get(ExitStep, step_id)
+    if step is None or step.case_id != case.id:
+        raise NotFound("step of this exit case", step_id)
+    return step
 
 
 # --- Views -----------------------------------------------------------------------------------------
@@ -562,9 +165,8 @@ def is_overdue(case: ExitCase) -> bool:
 
 
 def case_public(session: Session, case: ExitCase) -> ExitCasePublic:
-    exit_devices = session.exec(select(ExitDevice).where(ExitDevice.case_id == case.id).order_by(ExitDevice.device_id))
     listed = []
-    for exit_device in exit_devices:
+    for exit_device in case_devices(session, case.id):
         steps = [
             StepPublic(
                 id=s.id,
@@ -575,7 +177,7 @@ def case_public(session: Session, case: ExitCase) -> ExitCasePublic:
                 command_ids=s.command_ids,
                 completed_at=s.completed_at,
             )
-            for s in _steps(session, case.id, exit_device.device_id).values()
+            for s in steps_of(session, case.id, exit_device.device_id).values()
         ]
         listed.append(
             ExitDevicePublic(
@@ -599,81 +201,3 @@ def case_public(session: Session, case: ExitCase) -> ExitCasePublic:
         completed_at=case.completed_at,
         devices=listed,
     )
-
-
-# --- Bulk leavers from the MIS ---------------------------------------------------------------------
-
-CSV_REQUIRED = {"external_id", "leaving_date"}
-CSV_OPTIONAL = {"reason"}
-
-
-def import_leavers_csv(
-    session: Session, data: bytes, actor: Actor, timezone: str, max_rows: int = DEFAULT_MAX_ROWS
-) -> dict[str, Any]:
-    """external_id,leaving_date,reason: every line checked first; one bad line and no case is opened."""
-    from mdm.csv_import import invalid_lines, parse_csv
-
-    parsed = parse_csv(data, CSV_REQUIRED, CSV_OPTIONAL, max_rows)
-    person_ids = people.ids_by_external_id(session, {values["external_id"] for _, values in parsed.rows})
-    open_people = set(
-        session.exec(
-            select(ExitCase.person_id).where(
-                col(ExitCase.status).in_([CaseStatus.scheduled.value, CaseStatus.in_progress.value])
-            )
-        )
-    )
-    errors, rows, seen = [], [], {}
-    for line, values in parsed.rows:
-        problem = _leaver_problem(values, person_ids, open_people, seen)
-        if problem:
-            errors.append({"line": line, "field": problem[0], "message": problem[1]})
-            continue
-        seen[values["external_id"]] = line
-        rows.append(
-            (
-                person_ids[values["external_id"]],
-                date.fromisoformat(values["leaving_date"]),
-                values.get("reason") or "left school",
-            )
-        )
-    if errors:
-        raise invalid_lines(errors)
-    cases = [_new_case(session, p, d, r, actor, timezone) for p, d, r in rows]
-    started = sum(1 for case in cases if case.status != CaseStatus.scheduled.value)
-    return {
-        "total": len(cases),
-        "scheduled": len(cases) - started,
-        "started": started,
-        "ignored_columns": parsed.ignored_columns,
-    }
-
-
-def _leaver_problem(
-    values: dict[str, str], person_ids: dict[str, str], open_people: set[str], seen: dict[str, int]
-) -> tuple[str, str] | None:
-    external_id = values["external_id"]
-    if not external_id:
-        return "external_id", "missing"
-    if external_id in seen:
-        return "external_id", f"{external_id} is also on line {seen[external_id]}"
-    if external_id not in person_ids:
-        return "external_id", f"no person {external_id}"
-    if person_ids[external_id] in open_people:
-        return "external_id", f"{external_id} already has an open exit case"
-    try:
-        date.fromisoformat(values["leaving_date"])
-    except ValueError:
-        return "leaving_date", "not a date (YYYY-MM-DD)"
-    if len(values.get("reason", "")) > 500:
-        return "reason", "longer than 500 characters"
-    return None
-
-
-def cancel_case(session: Session, case_id: str, actor: Actor) -> ExitCasePublic:
-    case = get_case(session, case_id)
-    if case.status != CaseStatus.scheduled.value:
-        raise Conflict(f"Only a scheduled exit can be cancelled; this one is {case.status}.")
-    case.status = CaseStatus.cancelled.value
-    session.add(case)
-    record(session, actor, "exit.cancel", "exit_case", case.id, {})
-    return case_public(session, case)

@@ -19,8 +19,8 @@ from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
 from enrollment.ca import load_or_create_ca, load_or_create_profile_signer
+from exit_process import flows as exit_flows
 from exit_process import jobs as exit_jobs
-from exit_process import service as exit_service
 from exit_process.api import router as exit_router
 from mdm import desired_state, housekeeping
 from mdm.access_policy.api import router as access_policy_router
@@ -76,7 +76,7 @@ def wire_domains(sealer: Sealer) -> None:
     """Connects the domains to the core's seams; the CLI calls it too, so its writes reconcile devices."""
     commands_service.on_result(enrollment_service.on_command_result)
     commands_service.on_result(profiles_service.on_command_result)
-    commands_service.on_result(exit_service.on_command_result)  # last: it reads what the others settled
+    commands_service.on_result(exit_flows.on_command_result)  # last: it reads what the others settled
     desired_state.register(lambda session, selector: reconciler.reconcile(session, selector, sealer))
 
 

@@ -1,15 +1,20 @@
-"""Keyset pagination: `?limit=&cursor=` in, `{"items", "next_cursor"}` out, as API.md's conventions say."""
+"""Keyset pagination: `?limit=&cursor=` in, `{"items", "next_cursor"}` out, as API.md's conventions say.
+
+Every list service calls `paginate`, so each list checks its cursor the same way (a cursor this service
+did not give out is a 422) and no route builds SQL of its own.
+"""
 
 import base64
 import binascii
 import re
 import uuid
-from collections.abc import Sequence
-from typing import Annotated, Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, TypeVar, cast
 
 from fastapi import Query
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select
+from sqlalchemy import ColumnElement, Row, Select
+from sqlmodel import Session
 
 from mdm.errors import Invalid
 from mdm.ids import is_uuid
@@ -59,7 +64,7 @@ def decode_cursor(cursor: str) -> str:
         raise bad_cursor() from exc
 
 
-def keyset(
+def _keyset(
     statement: Select[Any], key: ColumnElement[Any], params: PageParams, *, descending: bool = False
 ) -> Select[Any]:
     """Orders by `key` and starts after the cursor; fetches one extra row to know whether more follow."""
@@ -80,7 +85,27 @@ def _is_canonical_uuid(value: str) -> bool:
     return is_uuid(value) and str(uuid.UUID(value)) == value
 
 
-def page_of(rows: Sequence[T], params: PageParams, key_of: Any) -> tuple[list[T], str | None]:
+def paginate(
+    session: Session,
+    statement: Select[Any],
+    key: Any,
+    params: PageParams,
+    publish: Callable[[list[Any]], list[T]],
+    *,
+    descending: bool = False,
+) -> Page[T]:
+    """One page of `statement` in `key` order, and the cursor of the next page (None on the last).
+
+    `key` is a column of the statement's first entity. `publish` turns the page's rows into the API's
+    items in one go, so a service can load what they need in bulk (a person's groups) rather than per row.
+    """
+    rows = session.exec(cast(Any, _keyset(statement, key, params, descending=descending))).all()
     items = list(rows[: params.limit])
     more = len(rows) > params.limit
-    return items, encode_cursor(key_of(items[-1])) if more and items else None
+    cursor = encode_cursor(_key_value(items[-1], key)) if more and items else None
+    return Page(items=publish(items), next_cursor=cursor)
+
+
+def _key_value(row: Any, key: Any) -> Any:
+    entity = row[0] if isinstance(row, Row) else row
+    return getattr(entity, key.key)

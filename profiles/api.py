@@ -20,7 +20,7 @@ Readers = allow(*READERS)
 @router.post("/api/v1/profiles", status_code=status.HTTP_201_CREATED, response_model=ProfilePublic)
 def create_profile(data: ProfileCreate, session: WriteSession, actor: Admin, sealer: AppSealer) -> ProfilePublic:
     """A profile for the devices in its scope; they receive it at their next check-in."""
-    return service.create_profile(session, data, actor, sealer)[0]
+    return service.create_profile(session, data, actor, sealer)
 
 
 @router.get("/api/v1/profiles", response_model=dict[str, list[ProfilePublic]])
@@ -38,7 +38,7 @@ def update_profile(
     profile_id: str, data: ProfileUpdate, session: WriteSession, actor: Admin, sealer: AppSealer
 ) -> ProfilePublic:
     """Bumps the version; devices in scope get the new version, devices leaving the scope lose it."""
-    return service.update_profile(session, profile_id, data, actor, sealer)[0]
+    return service.update_profile(session, profile_id, data, actor, sealer)
 
 
 @router.delete("/api/v1/profiles/{profile_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -51,7 +51,7 @@ def delete_profile(profile_id: str, session: WriteSession, actor: Admin, sealer:
 @router.post("/api/v1/apps", status_code=status.HTTP_201_CREATED, response_model=AppPublic)
 def create_app(data: AppCreate, session: WriteSession, actor: Admin, sealer: AppSealer) -> AppPublic:
     """A school app: `licence` "school" draws from a pool of `licences_total`, "free" has none."""
-    return service.create_app(session, data, actor, sealer)[0]
+    return service.create_app(session, data, actor, sealer)
 
 
 @router.get("/api/v1/apps", response_model=dict[str, list[AppPublic]])
@@ -67,7 +67,7 @@ def get_app(app_id: str, session: ReadSession, _actor: Readers) -> AppPublic:
 
 @router.put("/api/v1/apps/{app_id}", response_model=AppPublic)
 def update_app(app_id: str, data: AppUpdate, session: WriteSession, actor: Admin, sealer: AppSealer) -> AppPublic:
-    return service.update_app(session, app_id, data, actor, sealer)[0]
+    return service.update_app(session, app_id, data, actor, sealer)
 
 
 @router.delete("/api/v1/apps/{app_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -7,10 +7,12 @@ what lets property-based tests throw thousands of random states at it.
 
 from dataclasses import dataclass, field
 
+from mdm.devices.models import MANAGED_STATES, DeviceState
+
 # version_key moved to mdm.versions; still importable from here for the modules that use it.
 from mdm.versions import meets_minimum, version_key  # noqa: F401
 
-ENROLLED, EXITING = "enrolled", "exiting"
+ENROLLED = DeviceState.enrolled.value
 # Apple's store serves iPhone and iPad alike; other platforms have their own.
 PLATFORM_FAMILY = {"ios": "apple-mobile", "ipados": "apple-mobile"}
 
@@ -147,7 +149,7 @@ def plan_device(
 ) -> DevicePlan:
     """The commands that close the gap for one device; never one already open, never a family app."""
     plan = DevicePlan(facts.device_id)
-    if facts.state not in (ENROLLED, EXITING):
+    if facts.state not in MANAGED_STATES:
         return plan
     desired_profiles = {p.identifier: p for p in profiles if profile_reasons(facts, p) is not None}
     desired_apps = {a.id: a for a in apps if app_reasons(facts, a) is not None}

@@ -19,7 +19,7 @@ from mdm.commands.models import OPEN_STATUSES, Command, CommandStatus
 from mdm.csv_import import chunks
 from mdm.database import refresh_statistics
 from mdm.desired_state import DeviceSelector
-from mdm.devices.models import Device
+from mdm.devices.models import MANAGED_STATES, Device
 from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceApp, DeviceProfile
 from mdm.people.models import PersonGroup
@@ -40,7 +40,6 @@ BATCH_SIZE = 1000
 # After queuing this many commands at once, PostgreSQL's planner is told the command table grew.
 STATISTICS_AFTER = 5000
 RECONCILER = "reconciler"
-MANAGED_STATES = ("enrolled", "exiting")
 
 
 @dataclass
@@ -57,10 +56,10 @@ class Catalogue:
 
 @dataclass
 class RunSummary:
-    devices: int = 0
+    """What one run changed: `queued` decides when the planner's statistics are refreshed."""
+
     queued: int = 0
     cancelled: int = 0
-    licences_short: int = 0
 
 
 def reconcile(session: Session, selector: DeviceSelector, sealer: Sealer) -> RunSummary:
@@ -82,7 +81,6 @@ def reconcile(session: Session, selector: DeviceSelector, sealer: Sealer) -> Run
             if d in facts
         ]
         _apply(session, plans, reported, catalogue, sealer, summary)
-        summary.devices += len(batch)
     if summary.queued > STATISTICS_AFTER:
         refresh_statistics(session, "command", "school_install")
     return summary
@@ -252,7 +250,7 @@ def _apply(
                 delete(SchoolInstall).where(SchoolInstall.device_id == plan.device_id, SchoolInstall.app_id == app_id)
             )  # type: ignore[arg-type]
             reported[plan.device_id].school_installs.pop(app_id, None)
-    granted = _grant_licences(session, plans, summary)
+    granted = _grant_licences(session, plans)
     commands, installs = [], []
     for plan in plans:
         for action in plan.queue:
@@ -289,7 +287,7 @@ def _cancel(session: Session, command_ids: list[str], now: Any, summary: RunSumm
     summary.cancelled += len(command_ids)
 
 
-def _grant_licences(session: Session, plans: list[DevicePlan], summary: RunSummary) -> set[tuple[str, str]]:
+def _grant_licences(session: Session, plans: list[DevicePlan]) -> set[tuple[str, str]]:
     """Reserves pool licences for the installs that need one; a pool never goes below zero."""
     wanted: dict[str, list[str]] = defaultdict(list)
     for plan in plans:
@@ -306,8 +304,7 @@ def _grant_licences(session: Session, plans: list[DevicePlan], summary: RunSumma
         # Locking the app row serialises reservations from concurrent reconciles on PostgreSQL.
         app = session.exec(select(App).where(App.id == app_id).with_for_update()).one()
         free = max(app.licences_total - len(holders), 0)
-        granted.update((d, app_id) for d in needing[:free])
-        summary.licences_short += max(len(needing) - free, 0)
+        granted.update((d, app_id) for d in needing[:free])  # the rest show as the app's licences_short
     return granted
 
 

@@ -32,7 +32,7 @@ from profiles.models import (
 )
 from profiles.payloads import NETWORK_PAYLOAD_TYPES, Payload
 from profiles.planning import PLATFORM_FAMILY, profile_reasons
-from profiles.reconciler import RunSummary, reconcile
+from profiles.reconciler import reconcile
 from profiles.render import agent_profile, configuration_profile, plist_bytes, sign_profile
 
 PAYLOADS = TypeAdapter(list[Payload])
@@ -167,9 +167,7 @@ def profile_public(session: Session, profile: Profile) -> ProfilePublic:
     )
 
 
-def create_profile(
-    session: Session, data: ProfileCreate, actor: Actor, sealer: Sealer
-) -> tuple[ProfilePublic, RunSummary]:
+def create_profile(session: Session, data: ProfileCreate, actor: Actor, sealer: Sealer) -> ProfilePublic:
     existing = session.exec(select(Profile).where(Profile.identifier == data.identifier)).first()
     if existing is not None:
         raise Conflict(f"A profile with identifier {data.identifier} exists already.", existing_id=existing.id)
@@ -196,12 +194,13 @@ def create_profile(
         profile.id,
         public.model_dump(mode="json", include={"name", "identifier", "payloads", "scope"}),
     )
-    return public, reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE, sealer)
+    return public
 
 
 def update_profile(
     session: Session, profile_id: str, data: ProfileUpdate, actor: Actor, sealer: Sealer
-) -> tuple[ProfilePublic, RunSummary]:
+) -> ProfilePublic:
     profile = _live_profile(session, profile_id)
     before = profile_public(session, profile)
     if data.name is not None:
@@ -224,15 +223,16 @@ def update_profile(
         if getattr(before, k) != getattr(after, k)
     }
     record(session, actor, "profile.update", "profile", profile.id, {"version": profile.version, "changes": changed})
-    return after, reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE, sealer)
+    return after
 
 
-def delete_profile(session: Session, profile_id: str, actor: Actor, sealer: Sealer) -> RunSummary:
+def delete_profile(session: Session, profile_id: str, actor: Actor, sealer: Sealer) -> None:
     profile = _live_profile(session, profile_id)
     profile.deleted_at = utcnow()
     session.add(profile)
     record(session, actor, "profile.delete", "profile", profile.id, {"identifier": profile.identifier})
-    return reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE, sealer)
 
 
 def list_profiles(session: Session) -> list[ProfilePublic]:
@@ -312,7 +312,7 @@ def app_public(session: Session, app: App) -> AppPublic:
     )
 
 
-def create_app(session: Session, data: AppCreate, actor: Actor, sealer: Sealer) -> tuple[AppPublic, RunSummary]:
+def create_app(session: Session, data: AppCreate, actor: Actor, sealer: Sealer) -> AppPublic:
     clash = session.exec(
         select(App).where(
             App.identifier == data.identifier, App.platform == data.platform.value, col(App.deleted_at).is_(None)
@@ -339,13 +339,11 @@ def create_app(session: Session, data: AppCreate, actor: Actor, sealer: Sealer) 
     session.flush()
     _write_scope(session, app.id, _app_scope_rules(data.required_for, data.required_groups))
     record(session, actor, "app.create", "app", app.id, data.model_dump(mode="json"))
-    summary = reconcile(session, EVERYONE, sealer)
-    return app_public(session, app), summary
+    reconcile(session, EVERYONE, sealer)
+    return app_public(session, app)
 
 
-def update_app(
-    session: Session, app_id: str, data: AppUpdate, actor: Actor, sealer: Sealer
-) -> tuple[AppPublic, RunSummary]:
+def update_app(session: Session, app_id: str, data: AppUpdate, actor: Actor, sealer: Sealer) -> AppPublic:
     app = _live_app(session, app_id)
     changes = data.model_dump(mode="json", exclude_unset=True)
     if "licences_total" in changes and app.licence == "school":
@@ -366,17 +364,17 @@ def update_app(
     app.updated_at = utcnow()
     session.add(app)
     record(session, actor, "app.update", "app", app.id, changes)
-    summary = reconcile(session, EVERYONE, sealer)
-    return app_public(session, app), summary
+    reconcile(session, EVERYONE, sealer)
+    return app_public(session, app)
 
 
-def delete_app(session: Session, app_id: str, actor: Actor, sealer: Sealer) -> RunSummary:
+def delete_app(session: Session, app_id: str, actor: Actor, sealer: Sealer) -> None:
     """Takes the app out of the catalogue: the reconciler removes it from every device the school put it on."""
     app = _live_app(session, app_id)
     app.deleted_at = utcnow()
     session.add(app)
     record(session, actor, "app.delete", "app", app.id, {"identifier": app.identifier})
-    return reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE, sealer)
 
 
 def list_apps(session: Session) -> list[AppPublic]:

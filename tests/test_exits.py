@@ -315,6 +315,26 @@ def test_bulk_leavers_import_is_all_or_nothing(client, auth):
     assert (result["total"], result["scheduled"]) == (3, 3)
 
 
+def test_leavers_import_answers_like_the_people_and_devices_imports(client, auth):
+    """The same counts as every CSV import (each line opens a case), plus scheduled and started."""
+    for i in range(3):
+        learner(client, auth, f"L{i}")
+    today = date.today().isoformat()
+    leavers = f"external_id,leaving_date,reason,form\nL0,2099-07-22,moved,9X\nL1,2099-07-22,,9X\nL2,{today},,9Y\n"
+    response = client.post("/api/v1/exits/import", content=leavers, headers={**auth(Role.integration), **CSV})
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "total": 3,
+        "created": 3,
+        "updated": 0,
+        "unchanged": 0,
+        "scheduled": 2,
+        "started": 1,
+        "ignored_columns": ["form"],
+    }
+    assert len(client.get("/api/v1/exits", headers=auth(Role.admin)).json()["items"]) == 3
+
+
 def test_two_thousand_leavers_plan_quickly(client, auth, database):
     import time
 

@@ -13,7 +13,7 @@ from compliance.os_releases.models import (
 from mdm.actor import Role
 from mdm.categories import Platform
 from mdm.dependencies import READERS, ReadSession, WriteSession, allow
-from mdm.pagination import Page, PageParams, bad_cursor, decode_cursor, encode_cursor, page_params
+from mdm.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/api/v1/os-releases", tags=["compliance"])
 Readers = allow(*READERS)
@@ -29,19 +29,7 @@ def list_os_releases(
     os_line: Annotated[str | None, Query(max_length=50)] = None,
 ) -> Page[OsReleasePublic]:
     """Known OS releases, by platform and newest version first: from the SOFA feed, a file or this API."""
-    rows = service.list_releases(session, platform.value if platform else None, os_line)
-    start = 0
-    if page.cursor is not None:
-        platform_after, _, version_after = decode_cursor(page.cursor).partition("/")
-        start = next(
-            (i + 1 for i, r in enumerate(rows) if (r.platform, r.version) == (platform_after, version_after)), -1
-        )
-        if start < 0:
-            raise bad_cursor()
-    items = rows[start : start + page.limit]
-    more = start + page.limit < len(rows)
-    cursor = encode_cursor(f"{items[-1].platform}/{items[-1].version}") if more and items else None
-    return Page(items=[service.to_public(row) for row in items], next_cursor=cursor)
+    return service.list_release_page(session, page, platform.value if platform else None, os_line)
 
 
 @router.post("", response_model=LoadResult)

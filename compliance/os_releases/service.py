@@ -42,6 +42,7 @@ from mdm.categories import Platform
 from mdm.database import Database
 from mdm.errors import Invalid, ProblemError
 from mdm.ids import utcnow
+from mdm.pagination import Page, PageParams, bad_cursor, decode_cursor, encode_cursor
 from mdm.settings import Settings
 from mdm.versions import version_key
 
@@ -179,6 +180,26 @@ def list_releases(session: Session, platform: str | None = None, os_line: str | 
     rows.sort(key=lambda row: version_key(row.version), reverse=True)
     rows.sort(key=lambda row: row.platform)  # stable: newest first within each platform
     return rows
+
+
+def list_release_page(
+    session: Session, page: PageParams, platform: str | None = None, os_line: str | None = None
+) -> Page[OsReleasePublic]:
+    """A page of `list_releases`. Not keyset: version order ("17.10" after "17.9") is not the database's order,
+    so the cursor names the last release shown and the page starts after it."""
+    rows = list_releases(session, platform, os_line)
+    start = 0
+    if page.cursor is not None:
+        platform_after, _, version_after = decode_cursor(page.cursor).partition("/")
+        start = next(
+            (i + 1 for i, r in enumerate(rows) if (r.platform, r.version) == (platform_after, version_after)), -1
+        )
+        if start < 0:
+            raise bad_cursor()
+    items = rows[start : start + page.limit]
+    more = start + page.limit < len(rows)
+    cursor = encode_cursor(f"{items[-1].platform}/{items[-1].version}") if more and items else None
+    return Page(items=[to_public(row) for row in items], next_cursor=cursor)
 
 
 def list_support(session: Session) -> list[OsSupport]:

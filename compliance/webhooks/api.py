@@ -7,15 +7,13 @@ from compliance.webhooks.destinations import AllowList
 from compliance.webhooks.models import (
     DeliveryPublic,
     DeliveryStatus,
-    Webhook,
     WebhookCreate,
     WebhookCreated,
-    WebhookDelivery,
     WebhookPublic,
 )
 from mdm.actor import Role
 from mdm.dependencies import AppSealer, AppSettings, ReadSession, WriteSession, allow
-from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 Admin = allow(Role.admin)
@@ -36,9 +34,7 @@ def create_webhook(
 
 @router.get("", response_model=Page[WebhookPublic])
 def list_webhooks(session: ReadSession, _actor: Readers, page: Paging) -> Page[WebhookPublic]:
-    rows = session.exec(keyset(service.webhooks_query(), Webhook.id, page)).all()  # type: ignore[arg-type,call-overload]
-    items, cursor = page_of(rows, page, lambda webhook: webhook.id)
-    return Page(items=[service.to_public(webhook) for webhook in items], next_cursor=cursor)
+    return service.list_webhooks(session, page)
 
 
 @router.get("/{webhook_id}", response_model=WebhookPublic)
@@ -58,8 +54,4 @@ def list_deliveries(
     webhook_id: str, session: ReadSession, _actor: Readers, page: Paging, status: DeliveryStatus | None = None
 ) -> Page[DeliveryPublic]:
     """The delivery log, newest first: attempts, the receiver's last status code, the next attempt, the last error."""
-    service.get_webhook(session, webhook_id)
-    statement = keyset(service.deliveries_query(webhook_id, status), WebhookDelivery.id, page, descending=True)  # type: ignore[arg-type]
-    rows = session.exec(statement).all()  # type: ignore[call-overload]
-    items, cursor = page_of(rows, page, lambda delivery: delivery.id)
-    return Page(items=[DeliveryPublic.model_validate(d, from_attributes=True) for d in items], next_cursor=cursor)
+    return service.list_deliveries(session, webhook_id, page, status)

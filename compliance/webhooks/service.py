@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from compliance.webhooks.destinations import AllowList, RefusedDestination, check_registration
 from compliance.webhooks.models import (
+    DeliveryPublic,
     DeliveryStatus,
     EventType,
     Webhook,
@@ -32,6 +33,7 @@ from mdm.audit.service import record
 from mdm.backoff import doubling
 from mdm.errors import Invalid, NotFound
 from mdm.ids import new_id, utcnow
+from mdm.pagination import Page, PageParams, paginate
 from mdm.sealing import Sealer
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a public prefix that makes leaked secrets greppable, not a secret)
@@ -88,6 +90,10 @@ def webhooks_query() -> Select[Any]:
     return select(Webhook).where(col(Webhook.deleted_at).is_(None))
 
 
+def list_webhooks(session: Session, page: PageParams) -> Page[WebhookPublic]:
+    return paginate(session, webhooks_query(), Webhook.id, page, lambda rows: [to_public(w) for w in rows])
+
+
 def get_webhook(session: Session, webhook_id: str) -> Webhook:
     webhook = session.get(Webhook, webhook_id)
     if webhook is None or webhook.deleted_at is not None:
@@ -118,6 +124,21 @@ def deliveries_query(webhook_id: str, status: DeliveryStatus | None = None) -> S
     if status is not None:
         statement = statement.where(WebhookDelivery.status == status.value)
     return statement
+
+
+def list_deliveries(
+    session: Session, webhook_id: str, page: PageParams, status: DeliveryStatus | None = None
+) -> Page[DeliveryPublic]:
+    """The delivery log, newest first."""
+    get_webhook(session, webhook_id)
+    return paginate(
+        session,
+        deliveries_query(webhook_id, status),
+        WebhookDelivery.id,
+        page,
+        lambda rows: [DeliveryPublic.model_validate(d, from_attributes=True) for d in rows],
+        descending=True,
+    )
 
 
 # --- Emitting --------------------------------------------------------------------------------------

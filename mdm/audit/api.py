@@ -1,13 +1,12 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from sqlmodel import select
 
 from mdm.actor import Role
 from mdm.audit import service
-from mdm.audit.models import AuditEvent, AuditEventPublic, ChainReport
+from mdm.audit.models import AuditEventPublic, ChainReport
 from mdm.dependencies import ReadSession, allow
-from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.pagination import Page, PageParams, page_params
 from mdm.validation import AwareUtcTime
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
@@ -27,8 +26,9 @@ def list_audit_events(
     until: AwareUtcTime | None = None,
 ) -> Page[AuditEventPublic]:
     """Newest first."""
-    statement = service.filter_events(
-        select(AuditEvent),
+    return service.list_events(
+        session,
+        page,
         actor=actor,
         action=action,
         object_type=object_type,
@@ -36,9 +36,6 @@ def list_audit_events(
         since=since,
         until=until,
     )
-    rows = session.exec(keyset(statement, AuditEvent.seq, page, descending=True)).all()  # type: ignore[arg-type, call-overload]
-    items, cursor = page_of(rows, page, lambda event: event.seq)
-    return Page(items=[AuditEventPublic.model_validate(e, from_attributes=True) for e in items], next_cursor=cursor)
 
 
 @router.get("/verify", response_model=ChainReport)

@@ -15,8 +15,9 @@ from sqlalchemy import Select
 from sqlmodel import Session, select
 
 from mdm.actor import Actor
-from mdm.audit.models import GENESIS_HASH, AuditEvent, AuditHead, ChainReport
+from mdm.audit.models import GENESIS_HASH, AuditEvent, AuditEventPublic, AuditHead, ChainReport
 from mdm.ids import new_id, utcnow
+from mdm.pagination import Page, PageParams, paginate
 
 HEAD_ID = 1
 
@@ -116,6 +117,37 @@ def _link_problem(event: AuditEvent, expected_seq: int, expected_prev: str) -> s
 
 def _stream(session: Session, statement: Select[Any]) -> Iterator[AuditEvent]:
     yield from session.exec(statement.execution_options(yield_per=1000))  # type: ignore[call-overload]
+
+
+def list_events(
+    session: Session,
+    page: PageParams,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Page[AuditEventPublic]:
+    """Newest first."""
+    statement = filter_events(
+        select(AuditEvent),
+        actor=actor,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        since=since,
+        until=until,
+    )
+    return paginate(
+        session,
+        statement,
+        AuditEvent.seq,
+        page,
+        lambda rows: [AuditEventPublic.model_validate(e, from_attributes=True) for e in rows],
+        descending=True,
+    )
 
 
 def filter_events(

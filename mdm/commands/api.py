@@ -6,10 +6,9 @@ from fastapi import APIRouter, Depends, Query, status
 
 from mdm.actor import Role
 from mdm.commands import service
-from mdm.commands.models import Command, CommandPublic, CommandStatus, TechnicianCommand
+from mdm.commands.models import CommandPublic, CommandStatus, TechnicianCommand
 from mdm.dependencies import READERS, ReadSession, WriteSession, allow
-from mdm.devices import service as devices
-from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/api/v1/devices", tags=["commands"])
 Staff = allow(Role.admin, Role.technician)
@@ -24,13 +23,7 @@ def command_history(
     status_: Annotated[CommandStatus | None, Query(alias="status")] = None,
 ) -> Page[CommandPublic]:
     """Every command recorded for the device, oldest first, with its status."""
-    devices.require_device(session, device_id)
-    statement = service.history_query(device_id)
-    if status_ is not None:
-        statement = statement.where(Command.status == status_.value)
-    rows = session.exec(keyset(statement, Command.id, page)).all()  # type: ignore[arg-type,call-overload]
-    items, cursor = page_of(rows, page, lambda command: command.id)
-    return Page(items=[CommandPublic.model_validate(c, from_attributes=True) for c in items], next_cursor=cursor)
+    return service.list_history(session, device_id, page, status_)
 
 
 @router.post("/{device_id}/commands", status_code=status.HTTP_201_CREATED, response_model=CommandPublic)

@@ -19,15 +19,17 @@ from mdm.categories import PERSONAL, Category
 from mdm.commands.models import (
     OPEN_STATUSES,
     Command,
+    CommandPublic,
     CommandResult,
     CommandStatus,
     CommandType,
     TechnicianCommand,
 )
 from mdm.devices import service as devices
-from mdm.devices.models import Device
+from mdm.devices.models import MANAGED_STATES, Device
 from mdm.errors import Conflict, Invalid, NotFound
 from mdm.ids import new_id, utcnow
+from mdm.pagination import Page, PageParams, paginate
 
 MAX_COMMANDS_PER_CHECKIN = 50
 NOT_NOW_FIRST_RETRY = timedelta(minutes=1)
@@ -212,14 +214,29 @@ def history_query(device_id: str) -> Select[Any]:
     return select(Command).where(Command.device_id == device_id)
 
 
-# --- Staff actions ---------------------------------------------------------------------------------
+def list_history(
+    session: Session, device_id: str, page: PageParams, status: CommandStatus | None = None
+) -> Page[CommandPublic]:
+    """Every command recorded for the device, oldest first."""
+    devices.require_device(session, device_id)
+    statement = history_query(device_id)
+    if status is not None:
+        statement = statement.where(Command.status == status.value)
+    return paginate(
+        session,
+        statement,
+        Command.id,
+        page,
+        lambda rows: [CommandPublic.model_validate(c, from_attributes=True) for c in rows],
+    )
 
-CHANNEL_STATES = ("enrolled", "exiting")
+
+# --- Staff actions ---------------------------------------------------------------------------------
 
 
 def send_technician_command(session: Session, device_id: str, data: TechnicianCommand, actor: Actor) -> Command:
     device = devices.lock_for_update(session, device_id)
-    if device.state not in CHANNEL_STATES:
+    if device.state not in MANAGED_STATES:
         raise Conflict(f"This device is {device.state}: only enrolled devices receive commands.")
     if data.type == CommandType.EraseDevice.value:
         _check_erase_allowed(device, data.confirm)

@@ -10,8 +10,8 @@ from mdm.csv_import import ImportResult, check_media_type
 from mdm.database import Database
 from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow, get_database
 from mdm.devices import service
-from mdm.devices.models import ComplianceStatus, Device, DevicePublic, DeviceRegister, DeviceState, HoldChange
-from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.devices.models import ComplianceStatus, DevicePublic, DeviceRegister, DeviceState, HoldChange
+from mdm.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 Staff = allow(Role.admin, Role.technician)
@@ -57,20 +57,9 @@ def list_devices(
     person_id: Annotated[str | None, Query(max_length=36)] = None,
     serial: Annotated[str | None, Query(max_length=100)] = None,
 ) -> Page[DevicePublic]:
-    statement = service.devices_query()
-    filters = {
-        Device.state: state,
-        Device.category: category,
-        Device.compliance_status: compliance,
-        Device.person_id: person_id,
-        Device.serial: serial.upper() if serial else None,
-    }
-    for column, value in filters.items():
-        if value is not None:
-            statement = statement.where(column == value)
-    rows = session.exec(keyset(statement, Device.id, page)).all()  # type: ignore[arg-type, call-overload]
-    items, cursor = page_of(rows, page, lambda row: row[0].id)
-    return Page(items=[service.to_public(*row) for row in items], next_cursor=cursor)
+    return service.list_devices(
+        session, page, state=state, category=category, compliance=compliance, person_id=person_id, serial=serial
+    )
 
 
 @router.get("/{device_id}", response_model=DevicePublic)

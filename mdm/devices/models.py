@@ -20,6 +20,10 @@ class DeviceState(StrEnum):
     in_stock = "in_stock"
 
 
+# Under management: the device checks in, takes commands and has a desired state for the reconciler.
+MANAGED_STATES = (DeviceState.enrolled.value, DeviceState.exiting.value)
+
+
 class ComplianceStatus(StrEnum):
     compliant = "compliant"
     non_compliant = "non_compliant"

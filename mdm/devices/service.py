@@ -13,7 +13,7 @@ from mdm import desired_state
 from mdm.access_policy.models import AccessRule
 from mdm.actor import Actor
 from mdm.audit.service import record
-from mdm.categories import SCHOOL_OWNED, NetworkAccess
+from mdm.categories import SCHOOL_OWNED, Category, NetworkAccess
 from mdm.csv_import import (
     DEFAULT_MAX_ROWS,
     ImportResult,
@@ -26,6 +26,7 @@ from mdm.csv_import import (
 )
 from mdm.database import refresh_statistics
 from mdm.devices.models import (
+    ComplianceStatus,
     ComplianceSummary,
     Device,
     DeviceCertificate,
@@ -37,6 +38,7 @@ from mdm.devices.models import (
 )
 from mdm.errors import Conflict, Invalid, NotFound
 from mdm.ids import new_id, utcnow
+from mdm.pagination import Page, PageParams, paginate
 from mdm.people import service as people
 
 CSV_REQUIRED = {"serial", "platform"}
@@ -93,6 +95,30 @@ def devices_query() -> Select[Any]:
         AccessRule,
         AccessRule.category == Device.category,  # type: ignore[arg-type]
     )
+
+
+def list_devices(
+    session: Session,
+    page: PageParams,
+    *,
+    state: DeviceState | None = None,
+    category: Category | None = None,
+    compliance: ComplianceStatus | None = None,
+    person_id: str | None = None,
+    serial: str | None = None,
+) -> Page[DevicePublic]:
+    statement = devices_query()
+    filters = {
+        Device.state: state,
+        Device.category: category,
+        Device.compliance_status: compliance,
+        Device.person_id: person_id,
+        Device.serial: serial.upper() if serial else None,
+    }
+    for column, value in filters.items():
+        if value is not None:
+            statement = statement.where(column == value)
+    return paginate(session, statement, Device.id, page, lambda rows: [to_public(*row) for row in rows])
 
 
 def network_access(allowed: bool, policy_access: str, quarantined: bool = False) -> NetworkAccess:

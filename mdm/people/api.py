@@ -1,16 +1,15 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
-from sqlmodel import select
 from starlette.concurrency import run_in_threadpool
 
 from mdm.actor import Role
 from mdm.csv_import import ImportResult, check_media_type
 from mdm.database import Database
 from mdm.dependencies import READERS, AppSettings, ReadSession, WriteSession, allow, get_database
-from mdm.pagination import Page, PageParams, keyset, page_of, page_params
+from mdm.pagination import Page, PageParams, page_params
 from mdm.people import service
-from mdm.people.models import Person, PersonCreate, PersonGroup, PersonKind, PersonPublic
+from mdm.people.models import PersonCreate, PersonKind, PersonPublic
 
 router = APIRouter(prefix="/api/v1/people", tags=["people"])
 Writers = allow(Role.admin, Role.technician, Role.integration)
@@ -55,17 +54,7 @@ def list_people(
     kind: PersonKind | None = None,
     group: Annotated[str | None, Query(max_length=100)] = None,
 ) -> Page[PersonPublic]:
-    statement = select(Person)
-    if external_id is not None:
-        statement = statement.where(Person.external_id == external_id)
-    if kind is not None:
-        statement = statement.where(Person.kind == kind.value)
-    if group is not None:
-        members = select(PersonGroup.person_id).where(PersonGroup.group_name == group)
-        statement = statement.where(Person.id.in_(members))  # type: ignore[attr-defined]
-    rows = service.list_people(session, keyset(statement, Person.id, page))  # type: ignore[arg-type]
-    items, cursor = page_of(rows, page, lambda person: person.id)
-    return Page(items=items, next_cursor=cursor)
+    return service.list_people(session, page, external_id=external_id, kind=kind, group=group)
 
 
 @router.get("/{person_id}", response_model=PersonPublic)

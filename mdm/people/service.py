@@ -24,7 +24,8 @@ from mdm.csv_import import (
 from mdm.database import refresh_statistics
 from mdm.errors import Conflict, NotFound
 from mdm.ids import new_id, utcnow
-from mdm.people.models import Person, PersonCreate, PersonGroup, PersonPublic
+from mdm.pagination import Page, PageParams, paginate
+from mdm.people.models import Person, PersonCreate, PersonGroup, PersonKind, PersonPublic
 
 CSV_REQUIRED = {"external_id", "kind", "display_name"}
 CSV_OPTIONAL = {"groups", "date_of_birth"}
@@ -87,9 +88,27 @@ def groups_of(session: Session, person_ids: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def list_people(session: Session, statement: Any) -> list[PersonPublic]:
-    people = list(session.exec(statement))
-    groups = groups_of(session, [p.id for p in people])
+def list_people(
+    session: Session,
+    page: PageParams,
+    *,
+    external_id: str | None = None,
+    kind: PersonKind | None = None,
+    group: str | None = None,
+) -> Page[PersonPublic]:
+    statement = select(Person)
+    if external_id is not None:
+        statement = statement.where(Person.external_id == external_id)
+    if kind is not None:
+        statement = statement.where(Person.kind == kind.value)
+    if group is not None:
+        members = select(PersonGroup.person_id).where(PersonGroup.group_name == group)
+        statement = statement.where(col(Person.id).in_(members))
+    return paginate(session, statement, Person.id, page, lambda people: _publics(session, people))
+
+
+def _publics(session: Session, people: list[Person]) -> list[PersonPublic]:
+    groups = groups_of(session, [p.id for p in people])  # the whole page's groups in one query
     return [_public(p, groups[p.id]) for p in people]
 
 
