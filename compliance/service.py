@@ -21,7 +21,6 @@ from sqlmodel import Session, col, select
 from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
 from compliance.os_releases import service as os_releases
 from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate, from_snapshot
-from compliance.webhooks.service import emit, emit_many
 from mdm import desired_state
 from mdm.csv_import import chunks
 from mdm.database import Database
@@ -30,6 +29,7 @@ from mdm.devices.models import Device
 from mdm.errors import Invalid, NotFound
 from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceInventory
+from mdm.webhooks.service import emit, emit_many
 from profiles import reconciler
 
 log = logging.getLogger("mdm.compliance")

@@ -6,7 +6,6 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from compliance.webhooks import service as webhooks
 from enrollment.ca import CertificateAuthority, CSRError
 from enrollment.models import (
     EnrollmentToken,
@@ -29,6 +28,7 @@ from mdm.errors import Conflict, Invalid, NotFound, ProblemError
 from mdm.ids import new_id, utcnow
 from mdm.people import service as people
 from mdm.sealing import Sealer
+from mdm.webhooks import service as webhooks
 
 TOKEN_PREFIX = "enr_"  # noqa: S105 (a public prefix that tells the two kinds of token apart, not a secret)
 

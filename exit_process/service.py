@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from compliance.webhooks import service as webhooks
 from enrollment import service as enrollment
 from exit_process.models import (
     FINISHED_STEPS,
@@ -42,6 +41,7 @@ from mdm.errors import Conflict, NotFound
 from mdm.ids import new_id, utcnow
 from mdm.inventory import service as inventory
 from mdm.people import service as people
+from mdm.webhooks import service as webhooks
 from profiles import service as profiles
 
 PERSONAL_STEPS = (
