@@ -31,8 +31,8 @@ from profiles.models import (
     ScopeRule,
 )
 from profiles.payloads import NETWORK_PAYLOAD_TYPES
-from profiles.planning import PLATFORM_FAMILY, profile_reasons
-from profiles.reconciler import RunSummary, device_facts, load_catalogue, reconcile
+from profiles.planning import PLATFORM_FAMILY, AppSpec, ProfileSpec, profile_reasons
+from profiles.reconciler import Catalogue, RunSummary, batch_facts, desired_for, device_facts, load_catalogue, reconcile
 from profiles.render import configuration_profile, plist_bytes, sign_profile
 
 EVERYONE = DeviceSelector(everyone=True)
@@ -410,3 +410,25 @@ def filtering_profile_identifiers(session: Session) -> set[str]:
         for profile in session.exec(select(Profile))
         if any(payload.get("type") in ("proxy", "web_filter") for payload in profile.payloads)
     }
+
+
+# --- For other domains: the desired state, read through this service, never the reconciler's tables --
+
+
+def desired_catalogue(session: Session) -> Catalogue:
+    """Everything the school manages, read once (small tables) and handed to `desired_by_device` per batch."""
+    return load_catalogue(session)
+
+
+def desired_by_device(
+    session: Session, device_ids: list[str], catalogue: Catalogue
+) -> dict[str, tuple[list[ProfileSpec], list[AppSpec]]]:
+    """The profiles and apps each device should carry (none for a device the school does not manage)."""
+    facts = batch_facts(session, device_ids)
+    return {d: desired_for(facts[d], catalogue) if d in facts else ([], []) for d in device_ids}
+
+
+def app_age_ratings(session: Session) -> dict[str, int]:
+    """The catalogue's age ratings by app identifier, for apps that have one."""
+    statement = select(App.identifier, App.age_rating).where(col(App.age_rating).is_not(None))
+    return dict(session.exec(statement).all())  # type: ignore[arg-type]
