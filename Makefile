@@ -18,11 +18,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench
@@ -37,4 +39,4 @@ lock:
 		--python-version 3.11 --no-header -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .uv-tool .pytest_cache
+	rm -rf $(VENV) .uv-tool .pytest_cache .import_linter_cache

@@ -11,7 +11,7 @@ from typing import Any
 
 from compliance.os_releases.service import line_of, required_from
 from mdm.versions import meets_minimum, version_key
-from profiles.planning import AppSpec, ProfileSpec
+from profiles.service import AppSpec, ProfileSpec
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from sqlmodel import Session, col, select
 from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
 from compliance.os_releases import service as os_releases
 from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate, from_snapshot
-from compliance.webhooks.service import emit, emit_many
 from mdm import desired_state
 from mdm.csv_import import chunks
 from mdm.database import Database
@@ -30,7 +29,8 @@ from mdm.devices.models import Device
 from mdm.errors import Invalid, NotFound
 from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceInventory
-from profiles import reconciler
+from mdm.webhooks.service import emit, emit_many
+from profiles import service as profiles
 
 log = logging.getLogger("mdm.compliance")
 BATCH_SIZE = 1000
@@ -162,7 +162,7 @@ def run_compliance(
         setup = _RunSetup(
             rules=rule_settings(session),
             escalation={e.category: e for e in session.exec(select(Escalation))},
-            catalogue=reconciler.load_catalogue(session),
+            catalogue=profiles.desired_catalogue(session),
             os=os_catalogue(session),
         )
     totals = {
@@ -211,14 +211,14 @@ class _RunSetup:
 
     rules: dict[str, tuple[bool, dict[str, Any]]]
     escalation: dict[str, Escalation]
-    catalogue: Any
+    catalogue: profiles.Catalogue
     os: OsCatalogue
 
 
 def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime, setup: _RunSetup) -> dict[str, int]:
     rules, escalation, catalogue, os = setup.rules, setup.escalation, setup.catalogue, setup.os
     rows = devices.compliance_rows(session, batch)
-    facts = reconciler.batch_facts(session, batch)
+    desired = profiles.desired_by_device(session, batch, catalogue)
     snapshots = dict(
         session.exec(
             select(DeviceInventory.device_id, DeviceInventory.snapshot).where(col(DeviceInventory.device_id).in_(batch))
@@ -238,9 +238,7 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime, s
     changes, history, remediate, reconcile_now = [], [], [], []
     events: list[tuple[str, dict[str, Any]]] = []
     for device_id, row in rows.items():
-        desired_profiles, desired_apps = (
-            reconciler.desired_for(facts[device_id], catalogue) if device_id in facts else ([], [])
-        )
+        desired_profiles, desired_apps = desired[device_id]
         snapshot = snapshots.get(device_id)
         reported_apps, reported_profiles = from_snapshot(snapshot)
         evidence = Evidence(
@@ -295,7 +293,6 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime, s
 def _ages_and_ratings(session: Session, rows: dict[str, Any], now: datetime) -> tuple[dict[str, int], dict[str, int]]:
     """Learners' ages and the catalogue's age ratings, for the age_rating rule (off by default)."""
     from mdm.people.models import Person
-    from profiles.models import App
 
     person_ids = {row.person_id for row in rows.values() if row.person_id}
     people = session.exec(
@@ -305,8 +302,7 @@ def _ages_and_ratings(session: Session, rows: dict[str, Any], now: datetime) -> 
     )
     today = now.date()
     ages = {pid: today.year - born.year - ((today.month, today.day) < (born.month, born.day)) for pid, born in people}
-    ratings = dict(session.exec(select(App.identifier, App.age_rating).where(col(App.age_rating).is_not(None))).all())
-    return ages, ratings  # type: ignore[return-value]
+    return ages, profiles.app_age_ratings(session)
 
 
 def _escalate(

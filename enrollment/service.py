@@ -6,7 +6,6 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from compliance.webhooks import service as webhooks
 from enrollment.ca import CertificateAuthority, CSRError
 from enrollment.models import (
     EnrollmentToken,
@@ -30,6 +29,7 @@ from mdm.ids import new_id, utcnow
 from mdm.pagination import Page, PageParams, paginate
 from mdm.people import service as people
 from mdm.sealing import Sealer
+from mdm.webhooks import service as webhooks
 
 TOKEN_PREFIX = "enr_"  # noqa: S105 (a public prefix that tells the two kinds of token apart, not a secret)
 

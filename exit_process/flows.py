@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from compliance.webhooks import service as webhooks
 from enrollment import service as enrollment
 from exit_process import service
 from exit_process.models import (
@@ -44,6 +43,7 @@ from mdm.errors import Conflict
 from mdm.ids import new_id, utcnow
 from mdm.inventory import service as inventory
 from mdm.people import service as people
+from mdm.webhooks import service as webhooks
 from profiles import service as profiles
 
 PERSONAL_STEPS = (

@@ -12,9 +12,6 @@ from compliance import jobs as compliance_jobs
 from compliance.api import router as compliance_router
 from compliance.os_releases import jobs as os_release_jobs
 from compliance.os_releases.api import router as os_releases_router
-from compliance.webhooks import jobs as webhook_jobs
-from compliance.webhooks.api import router as webhooks_router
-from compliance.webhooks.destinations import AllowList
 from enrollment import jobs as enrollment_jobs
 from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
@@ -48,6 +45,9 @@ from mdm.scheduler import JobSpec, Scheduler
 from mdm.sealing import Sealer
 from mdm.security_headers import SecurityHeadersMiddleware
 from mdm.settings import Settings, get_settings
+from mdm.webhooks import jobs as webhook_jobs
+from mdm.webhooks.api import router as webhooks_router
+from mdm.webhooks.destinations import AllowList
 from profiles import reconciler
 from profiles import service as profiles_service
 from profiles.api import router as profiles_router

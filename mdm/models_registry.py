@@ -15,11 +15,11 @@ MODEL_MODULES = (
     "mdm.inventory.models",
     "mdm.channel.models",
     "mdm.scheduler_models",
+    "mdm.webhooks.models",
     "enrollment.models",
     "profiles.models",
     "exit_process.models",
     "compliance.models",
-    "compliance.webhooks.models",
     "compliance.os_releases.models",
 )
 

@@ -24,6 +24,7 @@ from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceApp, DeviceProfile
 from mdm.people.models import PersonGroup
 from mdm.sealing import Sealer
+from mdm.versions import meets_minimum
 from profiles.models import App, Profile, SchoolInstall, ScopeRule
 from profiles.planning import (
     Action,
@@ -33,8 +34,11 @@ from profiles.planning import (
     ProfileSpec,
     Reported,
     ReportedApp,
+    app_reasons,
     plan_device,
+    profile_reasons,
 )
+from profiles.stored_payloads import device_profile_payload
 
 BATCH_SIZE = 1000
 # After queuing this many commands at once, PostgreSQL's planner is told the command table grew.
@@ -184,8 +188,6 @@ def desired_for(facts: DeviceFacts, catalogue: Catalogue) -> tuple[list[ProfileS
 
     Devices alike in category, platform, access and groups want the same things: worked out once each.
     """
-    from profiles.planning import app_reasons, profile_reasons
-
     key = (facts.state, facts.category, facts.platform, facts.network_access, facts.groups)
     cached = catalogue.desired_cache.get(key)
     if cached is None:
@@ -327,8 +329,6 @@ def _command_row(device_id: str, action: Action, catalogue: Catalogue, sealer: S
 
 
 def _payload(action: Action, catalogue: Catalogue, sealer: Sealer) -> tuple[dict[str, Any], str | None]:
-    from profiles.service import device_profile_payload
-
     if action.type == "InstallProfile" and action.profile is not None:
         row = catalogue.profile_rows[action.profile.id]
         full, redacted = device_profile_payload(row, sealer)
@@ -344,8 +344,6 @@ def _payload(action: Action, catalogue: Catalogue, sealer: Sealer) -> tuple[dict
 
 def explain(session: Session, device_id: str) -> dict[str, Any]:
     """What the reconciler wants for one device and why: the same facts and rules, shown to a technician."""
-    from profiles.planning import app_reasons, meets_minimum, profile_reasons
-
     catalogue = load_catalogue(session)
     facts = batch_facts(session, [device_id])[device_id]
     reported = batch_reported(session, [device_id])[device_id]

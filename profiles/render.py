@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import plistlib
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from pydantic import SecretStr
 
@@ -26,9 +27,16 @@ from profiles.payloads import (
     WifiPayload,
 )
 
-if TYPE_CHECKING:
-    # Only the type: profiles never reach into enrolment's CA at run time, the caller hands the signer in.
-    from enrollment.ca import ProfileSigner
+
+class ProfileSigner(Protocol):
+    """What signing needs. Enrolment's CA makes one; the caller hands it in, so profiles never import enrolment."""
+
+    @property
+    def certificate(self) -> x509.Certificate: ...
+
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey: ...
+
 
 MOBILECONFIG_MEDIA_TYPE = "application/x-apple-aspen-config"
 

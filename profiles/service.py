@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from pydantic import TypeAdapter
 from sqlalchemy import delete, exists, func, insert, not_
 from sqlmodel import Session, col, select
 
@@ -17,6 +16,7 @@ from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceApp
 from mdm.people.models import PersonGroup
 from mdm.sealing import Sealer
+from profiles import stored_payloads
 from profiles.models import (
     App,
     AppCreate,
@@ -30,53 +30,15 @@ from profiles.models import (
     Scope,
     ScopeRule,
 )
-from profiles.payloads import NETWORK_PAYLOAD_TYPES, Payload
-from profiles.planning import PLATFORM_FAMILY, profile_reasons
-from profiles.reconciler import reconcile
-from profiles.render import agent_profile, configuration_profile, plist_bytes, sign_profile
+from profiles.payloads import NETWORK_PAYLOAD_TYPES
+from profiles.planning import PLATFORM_FAMILY, AppSpec, ProfileSpec, profile_reasons
+from profiles.reconciler import Catalogue, batch_facts, desired_for, device_facts, load_catalogue, reconcile
+from profiles.render import configuration_profile, plist_bytes, sign_profile
 
-PAYLOADS = TypeAdapter(list[Payload])
 EVERYONE = DeviceSelector(everyone=True)
 
 
-# --- Payload storage: secrets sealed at rest, never returned -----------------------------------------
-
-
-def _stored_payloads(payloads: list[Any], sealer: Sealer) -> list[dict[str, Any]]:
-    stored = []
-    for payload in payloads:
-        document = payload.model_dump(mode="json", exclude={"password"})
-        password = getattr(payload, "password", None)
-        if password is not None:
-            document["password_sealed"] = sealer.seal(password.get_secret_value())
-        stored.append(document)
-    return stored
-
-
-def _revealed(stored: list[dict[str, Any]], sealer: Sealer) -> list[dict[str, Any]]:
-    revealed = []
-    for document in stored:
-        document = dict(document)
-        sealed = document.pop("password_sealed", None)
-        if sealed is not None:
-            document["password"] = sealer.open(sealed)
-        revealed.append(document)
-    return revealed
-
-
-def _redacted(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in document.items() if k != "password_sealed"} for document in stored]
-
-
-def typed_payloads(profile: Profile, sealer: Sealer) -> list[Any]:
-    """The profile's payloads as typed models, secrets included, for rendering to a device."""
-    return PAYLOADS.validate_python(_revealed(profile.payloads, sealer))
-
-
-def device_profile_payload(profile: Profile, sealer: Sealer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The InstallProfile payload a device gets, and the redacted copy staff see in the history."""
-    full = agent_profile(profile.identifier, profile.version, typed_payloads(profile, sealer))
-    return full, {**full, "profile": _redacted(profile.payloads)}
+# --- Payloads for devices: secrets sealed at rest (stored_payloads.py), never returned -------------------
 
 
 def signed_mobileconfig(
@@ -89,27 +51,17 @@ def signed_mobileconfig(
     device installing that copy asks for the password, so it still serves to check or hand-install.
     """
     reveal = actor.kind == "device" or actor.role == Role.admin
-    payloads = typed_payloads(profile, sealer)
+    payloads = stored_payloads.typed_payloads(profile, sealer)
     if not reveal:
-        payloads = [_without_secret(p) for p in payloads]
-    elif actor.kind != "device" and has_secret(profile):
+        payloads = [stored_payloads.without_secret(p) for p in payloads]
+    elif actor.kind != "device" and stored_payloads.has_secret(profile):
         record(session, actor, "profile.secret_read", "profile", profile.id, {"version": profile.version})
     document = configuration_profile(profile.identifier, profile.name, profile.version, payloads, ca_certificate_pem)
     return sign_profile(plist_bytes(document), signer, ca_certificate_pem)
 
 
-def has_secret(profile: Profile) -> bool:
-    return any("password_sealed" in document for document in profile.payloads)
-
-
-def _without_secret(payload: Any) -> Any:
-    return payload.model_copy(update={"password": None}) if getattr(payload, "password", None) else payload
-
-
 def applies_to(session: Session, profile: Profile, device_id: str) -> bool:
     """Whether the profile is in the device's desired state (a device may fetch only its own)."""
-    from profiles.reconciler import device_facts, load_catalogue
-
     spec = next((p for p in load_catalogue(session).profiles if p.id == profile.id), None)
     facts = device_facts(session, device_id)
     return spec is not None and facts is not None and profile_reasons(facts, spec) is not None
@@ -160,7 +112,7 @@ def profile_public(session: Session, profile: Profile) -> ProfilePublic:
         name=profile.name,
         identifier=profile.identifier,
         version=profile.version,
-        payloads=_redacted(profile.payloads),
+        payloads=stored_payloads.redacted(profile.payloads),
         scope=Scope(categories=scope["category"], groups=scope["group"], network_access=scope["network"]),  # type: ignore[arg-type]
         created_at=profile.created_at,
         updated_at=profile.updated_at,
@@ -177,7 +129,7 @@ def create_profile(session: Session, data: ProfileCreate, actor: Actor, sealer: 
         identifier=data.identifier,
         name=data.name,
         version=1,
-        payloads=_stored_payloads(data.payloads, sealer),
+        payloads=stored_payloads.sealed(data.payloads, sealer),
         is_network=any(p.type in NETWORK_PAYLOAD_TYPES for p in data.payloads),
         created_at=now,
         updated_at=now,
@@ -206,7 +158,7 @@ def update_profile(
     if data.name is not None:
         profile.name = data.name
     if data.payloads is not None:
-        profile.payloads = _stored_payloads(data.payloads, sealer)
+        profile.payloads = stored_payloads.sealed(data.payloads, sealer)
         profile.is_network = any(p.type in NETWORK_PAYLOAD_TYPES for p in data.payloads)
     if data.scope is not None:
         if data.scope.network_access and not profile.is_network:
@@ -456,3 +408,25 @@ def filtering_profile_identifiers(session: Session) -> set[str]:
         for profile in session.exec(select(Profile))
         if any(payload.get("type") in ("proxy", "web_filter") for payload in profile.payloads)
     }
+
+
+# --- For other domains: the desired state, read through this service, never the reconciler's tables --
+
+
+def desired_catalogue(session: Session) -> Catalogue:
+    """Everything the school manages, read once (small tables) and handed to `desired_by_device` per batch."""
+    return load_catalogue(session)
+
+
+def desired_by_device(
+    session: Session, device_ids: list[str], catalogue: Catalogue
+) -> dict[str, tuple[list[ProfileSpec], list[AppSpec]]]:
+    """The profiles and apps each device should carry (none for a device the school does not manage)."""
+    facts = batch_facts(session, device_ids)
+    return {d: desired_for(facts[d], catalogue) if d in facts else ([], []) for d in device_ids}
+
+
+def app_age_ratings(session: Session) -> dict[str, int]:
+    """The catalogue's age ratings by app identifier, for apps that have one."""
+    statement = select(App.identifier, App.age_rating).where(col(App.age_rating).is_not(None))
+    return dict(session.exec(statement).all())  # type: ignore[arg-type]

@@ -26,12 +26,12 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from compliance.webhooks import destinations, jobs, service
 from mdm.actor import Role
 from mdm.database import open_database
 from mdm.errors import PROBLEM_JSON
 from mdm.migrate import alembic_config, upgrade
 from mdm.settings import Settings
+from mdm.webhooks import destinations, jobs, service
 from tests.live_server import free_port
 from tests.test_webhooks import SECRET, Receiver, running_receiver
 

@@ -21,13 +21,13 @@ import pytest
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
-from compliance.webhooks import jobs, service
-from compliance.webhooks.destinations import AllowList
 from mdm.actor import Role
 from mdm.dependencies import WriteSession
 from mdm.scheduler import run_slot
 from mdm.sealing import Sealer
 from mdm.settings import Settings
+from mdm.webhooks import jobs, service
+from mdm.webhooks.destinations import AllowList
 from tests.live_server import free_port
 
 SECRET = "test-secret-0123456789abcdef"

@@ -17,8 +17,15 @@ import pydantic_core
 from sqlalchemy import Select, insert, update
 from sqlmodel import Session, col, select
 
-from compliance.webhooks.destinations import AllowList, RefusedDestination, check_registration
-from compliance.webhooks.models import (
+from mdm.actor import Actor
+from mdm.audit.service import record
+from mdm.backoff import doubling
+from mdm.errors import Invalid, NotFound
+from mdm.ids import new_id, utcnow
+from mdm.pagination import Page, PageParams, paginate
+from mdm.sealing import Sealer
+from mdm.webhooks.destinations import AllowList, RefusedDestination, check_registration
+from mdm.webhooks.models import (
     DeliveryPublic,
     DeliveryStatus,
     EventType,
@@ -28,13 +35,6 @@ from compliance.webhooks.models import (
     WebhookDelivery,
     WebhookPublic,
 )
-from mdm.actor import Actor
-from mdm.audit.service import record
-from mdm.backoff import doubling
-from mdm.errors import Invalid, NotFound
-from mdm.ids import new_id, utcnow
-from mdm.pagination import Page, PageParams, paginate
-from mdm.sealing import Sealer
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a public prefix that makes leaked secrets greppable, not a secret)
 FIRST_RETRY = timedelta(seconds=30)

@@ -2,18 +2,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 
-from compliance.webhooks import service
-from compliance.webhooks.destinations import AllowList
-from compliance.webhooks.models import (
+from mdm.actor import Role
+from mdm.dependencies import AppSealer, AppSettings, ReadSession, WriteSession, allow
+from mdm.pagination import Page, PageParams, page_params
+from mdm.webhooks import service
+from mdm.webhooks.destinations import AllowList
+from mdm.webhooks.models import (
     DeliveryPublic,
     DeliveryStatus,
     WebhookCreate,
     WebhookCreated,
     WebhookPublic,
 )
-from mdm.actor import Role
-from mdm.dependencies import AppSealer, AppSettings, ReadSession, WriteSession, allow
-from mdm.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 Admin = allow(Role.admin)

@@ -20,14 +20,14 @@ from datetime import datetime
 import httpx
 from sqlmodel import col
 
-from compliance.webhooks import service
-from compliance.webhooks.destinations import AllowList, HostNotFound, PinnedTransport, RefusedDestination
-from compliance.webhooks.models import DeliveryStatus, WebhookDelivery
 from mdm.database import Database
 from mdm.housekeeping import prune, retention_cutoff
 from mdm.ids import utcnow
 from mdm.scheduler import JobContext, JobSpec
 from mdm.sealing import Sealer, SealError
+from mdm.webhooks import service
+from mdm.webhooks.destinations import AllowList, HostNotFound, PinnedTransport, RefusedDestination
+from mdm.webhooks.models import DeliveryStatus, WebhookDelivery
 
 SEND_TIMEOUT_SECONDS = 10.0
 BATCH_SIZE = 10
