@@ -13,21 +13,18 @@ from compliance.api import router as compliance_router
 from compliance.os_releases import jobs as os_release_jobs
 from compliance.os_releases.api import router as os_releases_router
 from enrollment import jobs as enrollment_jobs
-from enrollment import service as enrollment_service
 from enrollment.api import router as enrollment_router
-from enrollment.ca import load_or_create_ca, load_or_create_profile_signer
-from exit_process import flows as exit_flows
 from exit_process import jobs as exit_jobs
 from exit_process.api import router as exit_router
-from mdm import desired_state, housekeeping
+from mdm import housekeeping
 from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
 from mdm.auth.api import router as tokens_router
+from mdm.bootstrap import bootstrap
 from mdm.channel import jobs as channel_jobs
 from mdm.channel.api import router as channel_router
-from mdm.commands import service as commands_service
 from mdm.commands.api import router as commands_router
-from mdm.database import Database, open_database
+from mdm.database import Database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
@@ -48,8 +45,6 @@ from mdm.settings import Settings, get_settings
 from mdm.webhooks import jobs as webhook_jobs
 from mdm.webhooks.api import router as webhooks_router
 from mdm.webhooks.destinations import AllowList
-from profiles import reconciler
-from profiles import service as profiles_service
 from profiles.api import router as profiles_router
 
 log = logging.getLogger("mdm.app")
@@ -70,14 +65,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     webhooks_router,
     os_releases_router,
 )
-
-
-def wire_domains(sealer: Sealer) -> None:
-    """Connects the domains to the core's seams; the CLI calls it too, so its writes reconcile devices."""
-    commands_service.on_result(enrollment_service.on_command_result)
-    commands_service.on_result(profiles_service.on_command_result)
-    commands_service.on_result(exit_flows.on_command_result)  # last: it reads what the others settled
-    desired_state.register(lambda session, selector: reconciler.reconcile(session, selector, sealer))
 
 
 def scheduled_jobs(settings: Settings) -> list[JobSpec]:
@@ -106,7 +93,8 @@ def create_app(
     private_dir(settings.data_dir)  # before anything (database, keys, CA) is created in it
     abuse_limits = abuse_limits or AbuseLimits(settings)
     owns_database = database is None
-    database = database or open_database(settings.resolved_database_url)
+    runtime = bootstrap(settings, database)  # the database's sessions carry this app's domain hooks
+    database = runtime.database
 
     scheduler = Scheduler(database, scheduled_jobs(settings), settings.timezone) if settings.scheduler == "on" else None
 
@@ -130,12 +118,10 @@ def create_app(
     app.state.scheduler = scheduler
     app.state.database = database
     app.state.abuse_limits = abuse_limits
-    app.state.ca = load_or_create_ca(settings.data_dir, settings.ca_passphrase_value)
-    app.state.sealer = Sealer.load_or_create(settings.data_dir)
-    app.state.profile_signer = load_or_create_profile_signer(
-        settings.data_dir, app.state.ca, settings.ca_passphrase_value
-    )
-    wire_domains(app.state.sealer)
+    # Loaded now rather than on first use: request threads must not race to create the keys.
+    app.state.ca = runtime.ca
+    app.state.sealer = runtime.sealer
+    app.state.profile_signer = runtime.profile_signer
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -5,7 +5,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,10 +14,13 @@ from rich.table import Table
 
 from mdm.actor import Role, cli_actor
 from mdm.categories import Platform
-from mdm.database import Database, open_database
+from mdm.database import Database
 from mdm.errors import ProblemError
 from mdm.private_files import private_dir
 from mdm.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # imported when a command needs it: it loads every domain, which `mdm agent` never does
+    from mdm.bootstrap import Runtime
 
 app = typer.Typer(
     help="School MDM: enrol, configure, check and offboard a school's devices.\n\n"
@@ -67,16 +70,25 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 @contextmanager
-def _database(settings: Settings | None = None) -> Iterator[Database]:
-    settings = settings or get_settings()
-    database = open_database(settings.resolved_database_url)
+def _runtime(settings: Settings | None = None) -> Iterator["Runtime"]:
+    """Every command's database comes from the bootstrap, so its writes reconcile devices as the server's do."""
+    from mdm.bootstrap import bootstrap
+
+    runtime = bootstrap(settings)
     try:
-        _require_schema(database)
-        yield database
-    except ProblemError as exc:
-        _report_problem(exc)
+        yield runtime
     finally:
-        database.dispose()
+        runtime.close()
+
+
+@contextmanager
+def _database(settings: Settings | None = None) -> Iterator[Database]:
+    with _runtime(settings) as runtime:
+        try:
+            _require_schema(runtime.database)
+            yield runtime.database
+        except ProblemError as exc:
+            _report_problem(exc)
 
 
 def _require_schema(database: Database) -> None:
@@ -139,12 +151,8 @@ def _proxy_options(trusted: str | None) -> dict[str, object]:
 def _print_welcome(settings: Settings) -> None:
     from mdm.auth.service import has_active_admin
 
-    database = open_database(settings.resolved_database_url)
-    try:
-        with database.reading() as session:
-            needs_admin = not has_active_admin(session)
-    finally:
-        database.dispose()
+    with _runtime(settings) as runtime, runtime.database.reading() as session:
+        needs_admin = not has_active_admin(session)
     err.print(
         f"School MDM is serving at http://{settings.host}:{settings.port}  (API docs at /docs)",
         highlight=False,
@@ -166,11 +174,8 @@ def db_upgrade() -> None:
     settings = get_settings()
     private_dir(settings.data_dir)
     upgrade(settings.resolved_database_url)
-    database = open_database(settings.resolved_database_url)
-    try:
-        err.print(f"The database schema is at revision {current_revision(database.read_engine)}.")
-    finally:
-        database.dispose()
+    with _runtime(settings) as runtime:
+        err.print(f"The database schema is at revision {current_revision(runtime.database.read_engine)}.")
 
 
 @db_app.command("current")
@@ -178,11 +183,9 @@ def db_current() -> None:
     """Show the schema revision of the database and the newest one this version knows."""
     from mdm.migrate import current_revision, head_revision
 
-    database = open_database(get_settings().resolved_database_url)
-    try:
-        typer.echo(f"database: {current_revision(database.read_engine) or 'empty'}  newest: {head_revision()}")
-    finally:
-        database.dispose()
+    with _runtime() as runtime:
+        revision = current_revision(runtime.database.read_engine)
+    typer.echo(f"database: {revision or 'empty'}  newest: {head_revision()}")
 
 
 # --- backup and restore ----------------------------------------------------------------------------
@@ -456,12 +459,8 @@ def ca_show(
 def compliance_run() -> None:
     """Check every enrolled device now, with the same code as the nightly job, and print the counts."""
     from compliance.service import run_compliance
-    from mdm.app import wire_domains
-    from mdm.sealing import Sealer
 
-    settings = get_settings()
-    wire_domains(Sealer.load_or_create(settings.data_dir))  # remediation and quarantine reconcile devices
-    with _database(settings) as database, _progress() as bar:
+    with _database() as database, _progress() as bar:
         task = bar.add_task("checking devices", total=None)
         run = run_compliance(
             database,
@@ -509,16 +508,14 @@ def jobs_run(
 
     from apscheduler.triggers.cron import CronTrigger
 
-    from mdm.app import scheduled_jobs, wire_domains
+    from mdm.app import scheduled_jobs
     from mdm.ids import utcnow
     from mdm.scheduler import run_slot, slot_for
-    from mdm.sealing import Sealer
 
     settings = get_settings()
     specs = {spec.name: spec for spec in scheduled_jobs(settings)}
     if name not in specs:
         _fail(f"no job {name!r}; `mdm jobs list` shows them.")
-    wire_domains(Sealer.load_or_create(settings.data_dir))
     trigger = CronTrigger.from_crontab(specs[name].cron, timezone=settings.timezone)
     slot = slot or slot_for(trigger, utcnow(), lookback=timedelta(days=8))
     with _database(settings) as database:
@@ -529,12 +526,10 @@ def jobs_run(
 @jobs_app.command("resume")
 def jobs_resume() -> None:
     """Take over and finish runs whose replica died (their lease ran out), as every replica's watcher does."""
-    from mdm.app import scheduled_jobs, wire_domains
+    from mdm.app import scheduled_jobs
     from mdm.scheduler import resume_abandoned
-    from mdm.sealing import Sealer
 
     settings = get_settings()
-    wire_domains(Sealer.load_or_create(settings.data_dir))
     with _database(settings) as database:
         resumed = resume_abandoned(database, {spec.name: spec for spec in scheduled_jobs(settings)})
     typer.echo(f"{resumed} abandoned run(s) taken over and finished.")

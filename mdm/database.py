@@ -7,7 +7,7 @@ SQLite: WAL so readers never block the writer, foreign keys on, and every write 
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
 
+from mdm.hooks import SESSION_KEY, Hooks
 from mdm.private_files import PRIVATE_FILE, private_dir, private_file, restrict
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -54,21 +55,31 @@ JsonType = JSON().with_variant(JSONB(), "postgresql")
 class Database:
     write_engine: Engine
     read_engine: Engine
+    hooks: Hooks | None = None
+    """The domains' hooks, handed to every session opened here (mdm/hooks.py); the bootstrap sets them."""
 
     @property
     def dialect(self) -> str:
         return self.write_engine.dialect.name
 
+    def with_hooks(self, hooks: Hooks) -> "Database":
+        """The same engines, with sessions that carry these hooks."""
+        return replace(self, hooks=hooks)
+
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on any error."""
-        with Session(self.write_engine, expire_on_commit=False) as session, session.begin():
+        with self._session(self.write_engine) as session, session.begin():
             yield session
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        with Session(self.read_engine, expire_on_commit=False) as session:
+        with self._session(self.read_engine) as session:
             yield session
+
+    def _session(self, engine: Engine) -> Session:
+        info = {SESSION_KEY: self.hooks} if self.hooks is not None else None
+        return Session(engine, expire_on_commit=False, info=info)
 
     def dispose(self) -> None:
         self.write_engine.dispose()

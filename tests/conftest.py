@@ -21,7 +21,8 @@ from mdm.actor import Role, cli_actor
 from mdm.app import create_app
 from mdm.auth.models import TokenCreate
 from mdm.auth.service import create_token
-from mdm.database import Database, open_database
+from mdm.bootstrap import Runtime, bootstrap
+from mdm.database import Database
 from mdm.migrate import upgrade
 from mdm.settings import Settings
 
@@ -102,10 +103,16 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
-def database(settings: Settings) -> Iterator[Database]:
-    database = open_database(settings.resolved_database_url)
-    yield database
-    database.dispose()
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """Built afresh for each test, as each process builds its own: no test inherits another's wiring."""
+    runtime = bootstrap(settings)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def database(runtime: Runtime) -> Database:
+    return runtime.database
 
 
 @pytest.fixture

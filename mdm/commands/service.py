@@ -5,7 +5,6 @@ again at the next check-in. Answers are idempotent by command id. Check-ins of o
 serialised by the caller (a row lock on the device), so two never take the same command at once.
 """
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,21 +27,13 @@ from mdm.commands.models import (
 from mdm.devices import service as devices
 from mdm.devices.models import MANAGED_STATES, Device
 from mdm.errors import Conflict, Invalid, NotFound
+from mdm.hooks import ResultListener, hooks_of
 from mdm.ids import new_id, utcnow
 from mdm.pagination import Page, PageParams, paginate
 
 MAX_COMMANDS_PER_CHECKIN = 50
 NOT_NOW_FIRST_RETRY = timedelta(minutes=1)
 NOT_NOW_LONGEST_WAIT = timedelta(hours=6)
-
-ResultListener = Callable[[Session, Command], None]
-_result_listeners: list[ResultListener] = []
-
-
-def on_result(listener: ResultListener) -> None:
-    """Lets a domain react to a device's answer in the same transaction (licences, exit steps)."""
-    if listener not in _result_listeners:
-        _result_listeners.append(listener)
 
 
 def queue_command(
@@ -134,12 +125,13 @@ def _device_command(session: Session, device_id: str, command_id: str) -> Comman
 
 def record_result(session: Session, device_id: str, command_id: str, result: CommandResult, now: datetime) -> Command:
     """Stores a device's answer; the same answer twice, or any answer to a finished command, changes nothing."""
+    listeners = hooks_of(session).result_listeners  # first: a session without hooks is refused on every path
     command = _device_command(session, device_id, command_id)
     if command.status not in (CommandStatus.sent.value, CommandStatus.not_now.value):
         if command.status == CommandStatus.queued.value:
             raise Conflict("This command has not been delivered to the device yet.")
         if _answered_after_calling_off(command, result):
-            return _record_late_answer(session, command, result, now)
+            return _record_late_answer(session, command, result, now, listeners)
         return command
     if result.status == "not_now":
         command.not_now_count += 1
@@ -149,13 +141,14 @@ def record_result(session: Session, device_id: str, command_id: str, result: Com
         command.status = result.status
         command.answered_at = now
     command.result_detail = result.detail
-    return _store_answer(session, command)
+    return _store_answer(session, command, listeners)
 
 
-def _store_answer(session: Session, command: Command) -> Command:
+def _store_answer(session: Session, command: Command, listeners: tuple[ResultListener, ...]) -> Command:
+    """Saves the answer, then lets the domains react in the same transaction (licences, exit steps)."""
     session.add(command)
     session.flush()
-    for listener in _result_listeners:
+    for listener in listeners:
         listener(session, command)
     return command
 
@@ -166,7 +159,9 @@ def _answered_after_calling_off(command: Command, result: CommandResult) -> bool
     return called_off and command.sent_at is not None and result.status != "not_now"
 
 
-def _record_late_answer(session: Session, command: Command, result: CommandResult, now: datetime) -> Command:
+def _record_late_answer(
+    session: Session, command: Command, result: CommandResult, now: datetime, listeners: tuple[ResultListener, ...]
+) -> Command:
     """What the device did is what the record says: an erase that ran after a hold is never dropped."""
     called_off = command.status
     command.status, command.answered_at = result.status, now
@@ -174,7 +169,7 @@ def _record_late_answer(session: Session, command: Command, result: CommandResul
     actor = Actor(kind="device", id=command.device_id, name=command.device_id)
     summary = {"command_id": command.id, "type": command.type, "was": called_off, "status": result.status}
     record(session, actor, "command.answered_late", "device", command.device_id, summary)
-    return _store_answer(session, command)
+    return _store_answer(session, command, listeners)
 
 
 def not_now_backoff(times: int) -> timedelta:

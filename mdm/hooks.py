@@ -1,0 +1,56 @@
+"""The domains' reactions the core triggers, carried by the database rather than kept in module globals.
+
+The core knows when devices may need reconciling and when a device answered a command; the domains
+(profiles' reconciler, licences, exit steps) know what to do about it. The bootstrap (mdm/bootstrap.py)
+builds one `Hooks` per process and gives it to the `Database`, whose sessions carry it in `session.info`.
+A session opened any other way has none and the core refuses to go on: a forgotten hook is an error,
+never a change that silently queues nothing.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session
+
+SESSION_KEY = "mdm.hooks"
+
+
+@dataclass(frozen=True)
+class DeviceSelector:
+    """Which devices to reconcile: the union of everything named. `everyone` means all managed devices."""
+
+    device_ids: frozenset[str] = field(default_factory=frozenset)
+    categories: frozenset[str] = field(default_factory=frozenset)
+    person_ids: frozenset[str] = field(default_factory=frozenset)
+    everyone: bool = False
+
+    def is_empty(self) -> bool:
+        return not (self.everyone or self.device_ids or self.categories or self.person_ids)
+
+
+Reconcile = Callable[[Session, DeviceSelector], object]
+# The answered mdm.commands.models.Command; not named here, since the command queue imports this module.
+ResultListener = Callable[[Session, Any], None]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    reconcile: Reconcile
+    """Brings the selected devices' commands in line with their desired state (profiles' reconciler)."""
+    result_listeners: tuple[ResultListener, ...]
+    """Called in order, in the same transaction, with each command a device answered."""
+
+
+class HooksMissing(RuntimeError):
+    """A session the bootstrap did not open reached code that needs the domains' hooks."""
+
+
+def hooks_of(session: Session) -> Hooks:
+    hooks = session.info.get(SESSION_KEY)
+    if not isinstance(hooks, Hooks):
+        raise HooksMissing(
+            "This session carries no domain hooks, so devices would not be reconciled: open it from the "
+            "Database that mdm.bootstrap.bootstrap() built, not from a bare open_database()."
+        )
+    return hooks
