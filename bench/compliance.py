@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from bench.databases import fresh_database
+from bench.databases import fresh_database, runtime_for
 from compliance.service import run_compliance
-from mdm.database import open_database, refresh_statistics
+from mdm.database import refresh_statistics
 from mdm.devices.models import Device
 from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceApp, DeviceInventory
@@ -122,7 +122,8 @@ def _fleet(database, devices: int, apps: int = APPS) -> None:  # type: ignore[no
 def run(devices: int, database_url: str | None) -> None:
     with tempfile.TemporaryDirectory() as folder, fresh_database(database_url, Path(folder)) as url:
         upgrade(url)
-        database = open_database(url)
+        runtime = runtime_for(url, Path(folder))
+        database = runtime.database
         try:
             started = time.perf_counter()
             _fleet(database, devices)
@@ -137,5 +138,5 @@ def run(devices: int, database_url: str | None) -> None:
                     f"({result.compliant:,} compliant, {result.non_compliant:,} non-compliant, {result.changed:,} changed)"
                 )
         finally:
-            database.dispose()
+            runtime.close()
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -8,6 +8,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from mdm.bootstrap import Runtime, bootstrap
+from mdm.settings import Settings
+
 
 @contextmanager
 def fresh_database(server_url: str | None, folder: Path) -> Iterator[str]:
@@ -25,3 +28,8 @@ def fresh_database(server_url: str | None, folder: Path) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def runtime_for(url: str, folder: Path) -> Runtime:
+    """What the service runs with on this database, keys in `folder`: from the bootstrap, as in every process."""
+    return bootstrap(Settings(data_dir=folder, database_url=url, scheduler="off"))

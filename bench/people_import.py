@@ -7,9 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.databases import fresh_database
+from bench.databases import fresh_database, runtime_for
 from mdm.actor import cli_actor
-from mdm.database import open_database
 from mdm.migrate import upgrade
 from mdm.people.service import import_people_csv
 
@@ -36,7 +35,8 @@ def _timed(database, data: bytes) -> tuple[float, dict]:
 def run(rows: int, database_url: str | None) -> None:
     with tempfile.TemporaryDirectory() as folder, fresh_database(database_url, Path(folder)) as url:
         upgrade(url)
-        database = open_database(url)
+        runtime = runtime_for(url, Path(folder))
+        database = runtime.database
         try:
             for label, data in (
                 ("new", make_csv(rows)),
@@ -49,6 +49,6 @@ def run(rows: int, database_url: str | None) -> None:
                     f"(created {result['created']}, updated {result['updated']}, unchanged {result['unchanged']})"
                 )
         finally:
-            database.dispose()
+            runtime.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: {peak_mb:.0f} MB")

@@ -12,15 +12,14 @@ from pathlib import Path
 
 from sqlalchemy import event, func, insert, select
 
-from bench.databases import fresh_database
+from bench.databases import fresh_database, runtime_for
 from mdm.actor import cli_actor
 from mdm.commands.models import Command
-from mdm.database import open_database, refresh_statistics
+from mdm.database import refresh_statistics
 from mdm.devices.models import Device
 from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceProfile
 from mdm.migrate import upgrade
-from mdm.sealing import Sealer
 from profiles.models import ProfileCreate, ProfileUpdate
 from profiles.service import create_profile, update_profile
 
@@ -90,8 +89,8 @@ def _timed(database, label: str, devices: int, work) -> None:  # type: ignore[no
 def run(devices: int, database_url: str | None) -> None:
     with tempfile.TemporaryDirectory() as folder, fresh_database(database_url, Path(folder)) as url:
         upgrade(url)
-        database = open_database(url)
-        sealer = Sealer.load_or_create(Path(folder))
+        runtime = runtime_for(url, Path(folder))
+        database, sealer = runtime.database, runtime.sealer
         try:
             ids = _fleet(database, devices)
             created: dict[str, str] = {}
@@ -113,7 +112,7 @@ def run(devices: int, database_url: str | None) -> None:
                 lambda s: update_profile(s, created["id"], new, cli_actor(), sealer),
             )
         finally:
-            database.dispose()
+            runtime.close()
 
 
 def create_profile_noop(session, sealer):  # type: ignore[no-untyped-def]
