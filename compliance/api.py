@@ -2,7 +2,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, status
 from fastapi.responses import StreamingResponse
-from sqlmodel import Session
 
 from compliance import reports, service
 from compliance.models import RulePublic, RuleUpdate, RunPublic
@@ -65,7 +64,7 @@ def noncompliant_csv(_actor: Readers, database: Annotated[Database, Depends(get_
     """The devices to chase, with the person each belongs to and every reason, as CSV."""
 
     def lines():  # type: ignore[no-untyped-def]
-        with Session(database.read_engine) as session:
+        with database.reading() as session:
             yield from reports.noncompliant_csv(session)
 
     headers = {"Content-Disposition": 'attachment; filename="noncompliant-devices.csv"'}

@@ -7,7 +7,14 @@ would queue nothing there, however many apps the test process built before.
 import subprocess
 import sys
 
-from mdm.actor import Role
+import pytest
+from sqlmodel import func, select
+
+from mdm.actor import Role, cli_actor
+from mdm.database import open_database
+from mdm.hooks import HooksMissing
+from mdm.people.models import Person
+from mdm.people.service import import_people_csv
 from tests.fleet import Tablet, create_profile
 
 RESTRICTIONS = [{"type": "restrictions", "allow_camera": False}]
@@ -64,3 +71,14 @@ def test_cli_devices_import_queues_the_profiles_of_the_learner_a_device_is_given
     assert _queued_profiles(client, auth, tablet.id) == ["uk.sch.example.year9"]
     tablet.converge()
     assert tablet.profiles() == {"uk.sch.example.year9": 1}
+
+
+def test_a_database_opened_without_the_bootstrap_refuses_to_write_changes_it_cannot_reconcile(settings):
+    bare = open_database(settings.resolved_database_url)
+    try:
+        with pytest.raises(HooksMissing, match="bootstrap"), bare.writing() as session:
+            import_people_csv(session, b"external_id,kind,display_name,groups\nA1,learner,Ann,Year 9\n", cli_actor())
+        with bare.reading() as session:
+            assert session.exec(select(func.count()).select_from(Person)).one() == 0
+    finally:
+        bare.dispose()
