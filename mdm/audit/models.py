@@ -1,11 +1,14 @@
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Query
 from pydantic import BaseModel
 from sqlalchemy import Column, Index
 from sqlmodel import Field, SQLModel
 
 from mdm.database import JsonType, UtcDateTime
+from mdm.validation import AwareUtcTime
 
 GENESIS_HASH = "0" * 64
 
@@ -40,6 +43,18 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(primary_key=True)
     last_seq: int
     last_hash: str = Field(max_length=64)
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which events to list: each filter given narrows the list (the route's query parameters)."""
+
+    actor: Annotated[str | None, Query(description="e.g. token:Jo Bloggs or cli:root")] = None
+    action: Annotated[str | None, Query(description="e.g. person.create")] = None
+    object_type: str | None = None
+    object_id: str | None = None
+    since: AwareUtcTime | None = None
+    until: AwareUtcTime | None = None
 
 
 class AuditEventPublic(BaseModel):

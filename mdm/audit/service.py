@@ -8,14 +8,13 @@ change it describes: both commit or neither does.
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select
 from sqlmodel import Session, select
 
 from mdm.actor import Actor
-from mdm.audit.models import GENESIS_HASH, AuditEvent, AuditEventPublic, AuditHead, ChainReport
+from mdm.audit.models import GENESIS_HASH, AuditEvent, AuditEventPublic, AuditHead, AuditQuery, ChainReport
 from mdm.ids import new_id, utcnow
 from mdm.pagination import Page, PageParams, paginate
 
@@ -119,27 +118,22 @@ def _stream(session: Session, statement: Select[Any]) -> Iterator[AuditEvent]:
     yield from session.exec(statement.execution_options(yield_per=1000))  # type: ignore[call-overload]
 
 
-def list_events(
-    session: Session,
-    page: PageParams,
-    *,
-    actor: str | None = None,
-    action: str | None = None,
-    object_type: str | None = None,
-    object_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> Page[AuditEventPublic]:
+def list_events(session: Session, page: PageParams, query: AuditQuery) -> Page[AuditEventPublic]:
     """Newest first."""
-    statement = filter_events(
-        select(AuditEvent),
-        actor=actor,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        since=since,
-        until=until,
-    )
+    statement = select(AuditEvent)
+    filters = {
+        AuditEvent.actor: query.actor,
+        AuditEvent.action: query.action,
+        AuditEvent.object_type: query.object_type,
+        AuditEvent.object_id: query.object_id,
+    }
+    for column, value in filters.items():
+        if value is not None:
+            statement = statement.where(column == value)
+    if query.since is not None:
+        statement = statement.where(AuditEvent.occurred_at >= query.since)
+    if query.until is not None:
+        statement = statement.where(AuditEvent.occurred_at < query.until)
     return paginate(
         session,
         statement,
@@ -148,29 +142,3 @@ def list_events(
         lambda rows: [AuditEventPublic.model_validate(e, from_attributes=True) for e in rows],
         descending=True,
     )
-
-
-def filter_events(
-    statement: Select[Any],
-    *,
-    actor: str | None = None,
-    action: str | None = None,
-    object_type: str | None = None,
-    object_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> Select[Any]:
-    filters = {
-        AuditEvent.actor: actor,
-        AuditEvent.action: action,
-        AuditEvent.object_type: object_type,
-        AuditEvent.object_id: object_id,
-    }
-    for column, value in filters.items():
-        if value is not None:
-            statement = statement.where(column == value)
-    if since is not None:
-        statement = statement.where(AuditEvent.occurred_at >= since)
-    if until is not None:
-        statement = statement.where(AuditEvent.occurred_at < until)
-    return statement
