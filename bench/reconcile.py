@@ -103,7 +103,7 @@ def run(devices: int, database_url: str | None) -> None:
             with database.write_engine.begin() as connection:
                 connection.exec_driver_sql("UPDATE command SET status = 'acknowledged'")
             _installed(database, ids, "uk.sch.example.proxy", 1)
-            _timed(database, "nothing to do", devices, lambda session: create_profile_noop(session, sealer))
+            _timed(database, "nothing to do", devices, create_profile_noop)
             new = ProfileUpdate(payloads=[{"type": "proxy", "host": "proxy.example.sch.uk", "port": 3128}])
             _timed(
                 database,
@@ -115,8 +115,8 @@ def run(devices: int, database_url: str | None) -> None:
             runtime.close()
 
 
-def create_profile_noop(session, sealer):  # type: ignore[no-untyped-def]
+def create_profile_noop(session):  # type: ignore[no-untyped-def]
     from mdm.desired_state import DeviceSelector
     from profiles.reconciler import reconcile
 
-    return reconcile(session, DeviceSelector(everyone=True), sealer)
+    return reconcile(session, DeviceSelector(everyone=True))

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mdm.device_signature import weak_rsa_reason
+from mdm.channel.keys import weak_rsa_reason
 from mdm.private_files import fsync_dir
 
 logger = logging.getLogger(__name__)

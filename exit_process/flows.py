@@ -36,6 +36,7 @@ from mdm.actor import SYSTEM, Actor
 from mdm.audit.service import record
 from mdm.categories import SCHOOL_OWNED, Category
 from mdm.commands import service as commands
+from mdm.commands.intents import INTENTS, DeviceLock
 from mdm.commands.models import Command, CommandType
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceState
@@ -305,7 +306,7 @@ def _once(session: Session, step: ExitStep, sent: list[Command], command_type: C
     retried = step.status == StepStatus.pending.value and bool(mine) and mine[-1].status in ("error", "expired")
     if not mine or retried:
         command = commands.queue_command(
-            session, step.device_id, command_type, {}, "exit", target=target, intent=command_type.value
+            session, step.device_id, INTENTS[command_type](), "exit", target=target, intent_key=command_type.value
         )
         mine = [command]
     _from_commands(step, mine[-1:], nothing="")
@@ -468,13 +469,7 @@ def lock_uncollected(session: Session, on: date) -> list[str]:
         already = [c for c in commands.open_commands(session, step.device_id) if c.target == LOCK_TARGET]
         if not already and not step.command_ids:
             command = commands.queue_command(
-                session,
-                step.device_id,
-                CommandType.DeviceLock,
-                {"message": LOCK_MESSAGE},
-                "exit",
-                target=LOCK_TARGET,
-                intent="lock",
+                session, step.device_id, DeviceLock(message=LOCK_MESSAGE), "exit", target=LOCK_TARGET, intent_key="lock"
             )
             step.command_ids = [command.id]
             step.detail = "not handed in: locked with a message asking for its return"

@@ -21,8 +21,8 @@ from mdm.access_policy.api import router as access_policy_router
 from mdm.audit.api import router as audit_router
 from mdm.auth.api import router as tokens_router
 from mdm.bootstrap import bootstrap
-from mdm.channel import jobs as channel_jobs
-from mdm.channel.api import router as channel_router
+from mdm.channel.agent import jobs as channel_jobs
+from mdm.channel.agent.api import router as channel_router
 from mdm.commands.api import router as commands_router
 from mdm.database import Database
 from mdm.devices.api import router as devices_router

@@ -49,14 +49,15 @@ class Runtime:
 
 
 def domain_hooks(sealer: Callable[[], Sealer]) -> Hooks:
-    """How the domains answer the core: the reconciler, and who hears a device's answer, in order."""
+    """How the domains answer the core: the reconciler, who hears a device's answer (in order), and profiles' content."""
     return Hooks(
-        reconcile=lambda session, selector: reconciler.reconcile(session, selector, sealer()),
+        reconcile=reconciler.reconcile,
         result_listeners=(
             enrollment_service.on_command_result,
             profiles_service.on_command_result,
             exit_flows.on_command_result,  # last: it reads what the others settled
         ),
+        profiles=profiles_service.DeviceProfiles(sealer),
     )
 
 

@@ -1,7 +1,8 @@
-"""The domains' reactions the core triggers, carried by the database rather than kept in module globals.
+"""What the core asks of the domains, carried by the database rather than kept in module globals.
 
 The core knows when devices may need reconciling and when a device answered a command; the domains
-(profiles' reconciler, licences, exit steps) know what to do about it. The bootstrap (mdm/bootstrap.py)
+(profiles' reconciler, licences, exit steps) know what to do about it, and profiles knows how a
+profile's content reads when a device's adapter delivers it. The bootstrap (mdm/bootstrap.py)
 builds one `Hooks` per process and gives it to the `Database`, whose sessions carry it in `session.info`.
 A session opened any other way has none and the core refuses to go on: a forgotten hook is an error,
 never a change that silently queues nothing.
@@ -9,7 +10,7 @@ never a change that silently queues nothing.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlmodel import Session
 
@@ -34,12 +35,22 @@ Reconcile = Callable[[Session, DeviceSelector], object]
 ResultListener = Callable[[Session, Any], None]
 
 
+class ProfileRenderer(Protocol):
+    """How a protocol adapter gets a profile's content at delivery (profiles.service.DeviceProfiles)."""
+
+    def agent_payload(self, session: Session, identifier: str, version: int) -> dict[str, Any] | None:
+        """The agent's InstallProfile payload, secrets included; None when the profile is no longer at `version`."""
+        ...
+
+
 @dataclass(frozen=True)
 class Hooks:
     reconcile: Reconcile
     """Brings the selected devices' commands in line with their desired state (profiles' reconciler)."""
     result_listeners: tuple[ResultListener, ...]
     """Called in order, in the same transaction, with each command a device answered."""
+    profiles: ProfileRenderer
+    """Renders the profiles that InstallProfile intents name, when a device collects them."""
 
 
 class HooksMissing(RuntimeError):

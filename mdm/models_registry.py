@@ -13,7 +13,7 @@ MODEL_MODULES = (
     "mdm.devices.models",
     "mdm.commands.models",
     "mdm.inventory.models",
-    "mdm.channel.models",
+    "mdm.channel.agent.models",
     "mdm.scheduler_models",
     "mdm.webhooks.models",
     "enrollment.models",

@@ -3,7 +3,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response, status
 
 from mdm.actor import Actor, Role
-from mdm.channel.api import DeviceOrRoles
+from mdm.channel.agent.dependencies import DeviceOrRoles
 from mdm.dependencies import READERS, AppSealer, ReadSession, WriteSession, allow
 from mdm.devices import service as devices
 from mdm.errors import NotFound
@@ -42,16 +42,16 @@ def update_profile(
 
 
 @router.delete("/api/v1/profiles/{profile_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_profile(profile_id: str, session: WriteSession, actor: Admin, sealer: AppSealer) -> Response:
+def delete_profile(profile_id: str, session: WriteSession, actor: Admin) -> Response:
     """Removes the profile from every device that has it."""
-    service.delete_profile(session, profile_id, actor, sealer)
+    service.delete_profile(session, profile_id, actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/api/v1/apps", status_code=status.HTTP_201_CREATED, response_model=AppPublic)
-def create_app(data: AppCreate, session: WriteSession, actor: Admin, sealer: AppSealer) -> AppPublic:
+def create_app(data: AppCreate, session: WriteSession, actor: Admin) -> AppPublic:
     """A school app: `licence` "school" draws from a pool of `licences_total`, "free" has none."""
-    return service.create_app(session, data, actor, sealer)
+    return service.create_app(session, data, actor)
 
 
 @router.get("/api/v1/apps", response_model=dict[str, list[AppPublic]])
@@ -66,14 +66,14 @@ def get_app(app_id: str, session: ReadSession, _actor: Readers) -> AppPublic:
 
 
 @router.put("/api/v1/apps/{app_id}", response_model=AppPublic)
-def update_app(app_id: str, data: AppUpdate, session: WriteSession, actor: Admin, sealer: AppSealer) -> AppPublic:
-    return service.update_app(session, app_id, data, actor, sealer)
+def update_app(app_id: str, data: AppUpdate, session: WriteSession, actor: Admin) -> AppPublic:
+    return service.update_app(session, app_id, data, actor)
 
 
 @router.delete("/api/v1/apps/{app_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_app(app_id: str, session: WriteSession, actor: Admin, sealer: AppSealer) -> Response:
+def delete_app(app_id: str, session: WriteSession, actor: Admin) -> Response:
     """Takes the app out of the catalogue and off every device the school installed it on."""
-    service.delete_app(session, app_id, actor, sealer)
+    service.delete_app(session, app_id, actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

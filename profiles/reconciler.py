@@ -5,7 +5,6 @@ apps, school installs, open commands), decides per device in memory (profiles/pl
 the commands, cancellations and licence changes in bulk. No query is made per device.
 """
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from sqlalchemy import Select, case, delete, insert, or_, update
 from sqlmodel import Session, col, select
 
 from mdm.access_policy.models import AccessRule
+from mdm.commands import intents
 from mdm.commands.models import OPEN_STATUSES, Command, CommandStatus
 from mdm.csv_import import chunks
 from mdm.database import refresh_statistics
@@ -23,7 +23,6 @@ from mdm.devices.models import MANAGED_STATES, Device
 from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceApp, DeviceProfile
 from mdm.people.models import PersonGroup
-from mdm.sealing import Sealer
 from mdm.versions import meets_minimum
 from profiles.models import App, Profile, SchoolInstall, ScopeRule
 from profiles.planning import (
@@ -38,7 +37,6 @@ from profiles.planning import (
     plan_device,
     profile_reasons,
 )
-from profiles.stored_payloads import device_profile_payload
 
 BATCH_SIZE = 1000
 # After queuing this many commands at once, PostgreSQL's planner is told the command table grew.
@@ -51,7 +49,6 @@ class Catalogue:
     """Everything the school manages, loaded once per reconcile run (small tables)."""
 
     profiles: list[ProfileSpec]
-    profile_rows: dict[str, Profile]
     school_profile_identifiers: set[str]
     apps: list[AppSpec]
     apps_by_id: dict[str, AppSpec]
@@ -66,7 +63,7 @@ class RunSummary:
     cancelled: int = 0
 
 
-def reconcile(session: Session, selector: DeviceSelector, sealer: Sealer) -> RunSummary:
+def reconcile(session: Session, selector: DeviceSelector) -> RunSummary:
     catalogue = load_catalogue(session)
     summary = RunSummary()
     for batch in _device_batches(session, selector):
@@ -84,7 +81,7 @@ def reconcile(session: Session, selector: DeviceSelector, sealer: Sealer) -> Run
             for d in batch
             if d in facts
         ]
-        _apply(session, plans, reported, catalogue, sealer, summary)
+        _apply(session, plans, reported, summary)
     if summary.queued > STATISTICS_AFTER:
         refresh_statistics(session, "command", "school_install")
     return summary
@@ -127,7 +124,6 @@ def load_catalogue(session: Session) -> Catalogue:
     live_apps = [spec for spec, row in zip(apps, app_rows, strict=True) if row.deleted_at is None]
     return Catalogue(
         profiles=profiles,
-        profile_rows={p.id: p for p in live},
         school_profile_identifiers={p.identifier for p in every_profile},
         apps=live_apps,
         apps_by_id={a.id: a for a in apps},
@@ -240,8 +236,6 @@ def _apply(
     session: Session,
     plans: list[DevicePlan],
     reported: dict[str, Reported],
-    catalogue: Catalogue,
-    sealer: Sealer,
     summary: RunSummary,
 ) -> None:
     now = utcnow()
@@ -259,7 +253,7 @@ def _apply(
             app = action.app
             if action.type == "InstallApplication" and app and app.licensed and (plan.device_id, app.id) not in granted:
                 continue  # no licence left in the pool: no install, and the app shows the shortage
-            command = _command_row(plan.device_id, action, catalogue, sealer, now)
+            command = _command_row(plan.device_id, action, now)
             commands.append(command)
             if action.type == "InstallApplication" and app and app.id not in reported[plan.device_id].school_installs:
                 # The service's own record that the school put this app there, made before the command goes.
@@ -310,16 +304,14 @@ def _grant_licences(session: Session, plans: list[DevicePlan]) -> set[tuple[str,
     return granted
 
 
-def _command_row(device_id: str, action: Action, catalogue: Catalogue, sealer: Sealer, now: Any) -> dict[str, Any]:
-    payload, sealed = _payload(action, catalogue, sealer)
+def _command_row(device_id: str, action: Action, now: Any) -> dict[str, Any]:
     return {
         "id": new_id(),
         "device_id": device_id,
         "type": action.type,
-        "payload": payload,
+        "payload": _intent(action).payload(),
         "target": action.target,
         "intent": action.intent,
-        "sealed_payload": sealed,
         "status": CommandStatus.queued.value,
         "created_at": now,
         "created_by": RECONCILER,
@@ -328,15 +320,16 @@ def _command_row(device_id: str, action: Action, catalogue: Catalogue, sealer: S
     }
 
 
-def _payload(action: Action, catalogue: Catalogue, sealer: Sealer) -> tuple[dict[str, Any], str | None]:
-    if action.type == "InstallProfile" and action.profile is not None:
-        row = catalogue.profile_rows[action.profile.id]
-        full, redacted = device_profile_payload(row, sealer)
-        return redacted, sealer.seal(json.dumps(full)) if full != redacted else None
+def _intent(action: Action) -> intents.Intent:
+    """The command's intent: only what it is about, never the rendered profile (its adapter does that)."""
     identifier = action.target.split(":", 1)[1]
-    if action.type == "InstallApplication" and action.app and action.app.min_version:
-        return {"identifier": identifier, "version": action.app.min_version}, None
-    return {"identifier": identifier}, None
+    if action.type == "InstallProfile" and action.profile is not None:
+        return intents.InstallProfile(identifier=identifier, version=action.profile.version)
+    if action.type == "InstallApplication":
+        return intents.InstallApplication(identifier=identifier, version=action.app.min_version if action.app else None)
+    if action.type == "RemoveProfile":
+        return intents.RemoveProfile(identifier=identifier)
+    return intents.RemoveApplication(identifier=identifier)
 
 
 # --- Explaining it ---------------------------------------------------------------------------------

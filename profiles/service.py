@@ -1,5 +1,6 @@
 """Profiles and the app catalogue: what school devices must carry. Every change reconciles the devices."""
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, not_
@@ -39,6 +40,29 @@ EVERYONE = DeviceSelector(everyone=True)
 
 
 # --- Payloads for devices: secrets sealed at rest (stored_payloads.py), never returned -------------------
+
+
+class DeviceProfiles:
+    """What the device channel's adapters ask of profiles (mdm.hooks.ProfileRenderer), wired by the bootstrap.
+
+    A profile is rendered when its InstallProfile is delivered, from the profile as it is then: a
+    command queued for a version the profile has since left is not sent (the reconciler has queued
+    the current one), so a device never installs content that its command's version does not name.
+    """
+
+    def __init__(self, sealer: Callable[[], Sealer]) -> None:
+        self._sealer = sealer  # the data directory's key, read the first time a secret is opened
+
+    def agent_payload(self, session: Session, identifier: str, version: int) -> dict[str, Any] | None:
+        profile = _current_profile(session, identifier)
+        if profile is None or profile.version != version:
+            return None
+        return stored_payloads.agent_payload(profile, self._sealer())
+
+
+def _current_profile(session: Session, identifier: str) -> Profile | None:
+    statement = select(Profile).where(Profile.identifier == identifier, col(Profile.deleted_at).is_(None))
+    return session.exec(statement).first()
 
 
 def signed_mobileconfig(
@@ -146,7 +170,7 @@ def create_profile(session: Session, data: ProfileCreate, actor: Actor, sealer: 
         profile.id,
         public.model_dump(mode="json", include={"name", "identifier", "payloads", "scope"}),
     )
-    reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE)
     return public
 
 
@@ -175,16 +199,16 @@ def update_profile(
         if getattr(before, k) != getattr(after, k)
     }
     record(session, actor, "profile.update", "profile", profile.id, {"version": profile.version, "changes": changed})
-    reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE)
     return after
 
 
-def delete_profile(session: Session, profile_id: str, actor: Actor, sealer: Sealer) -> None:
+def delete_profile(session: Session, profile_id: str, actor: Actor) -> None:
     profile = _live_profile(session, profile_id)
     profile.deleted_at = utcnow()
     session.add(profile)
     record(session, actor, "profile.delete", "profile", profile.id, {"identifier": profile.identifier})
-    reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE)
 
 
 def list_profiles(session: Session) -> list[ProfilePublic]:
@@ -264,7 +288,7 @@ def app_public(session: Session, app: App) -> AppPublic:
     )
 
 
-def create_app(session: Session, data: AppCreate, actor: Actor, sealer: Sealer) -> AppPublic:
+def create_app(session: Session, data: AppCreate, actor: Actor) -> AppPublic:
     clash = session.exec(
         select(App).where(
             App.identifier == data.identifier, App.platform == data.platform.value, col(App.deleted_at).is_(None)
@@ -291,11 +315,11 @@ def create_app(session: Session, data: AppCreate, actor: Actor, sealer: Sealer) 
     session.flush()
     _write_scope(session, app.id, _app_scope_rules(data.required_for, data.required_groups))
     record(session, actor, "app.create", "app", app.id, data.model_dump(mode="json"))
-    reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE)
     return app_public(session, app)
 
 
-def update_app(session: Session, app_id: str, data: AppUpdate, actor: Actor, sealer: Sealer) -> AppPublic:
+def update_app(session: Session, app_id: str, data: AppUpdate, actor: Actor) -> AppPublic:
     app = _live_app(session, app_id)
     changes = data.model_dump(mode="json", exclude_unset=True)
     if "licences_total" in changes and app.licence == "school":
@@ -316,17 +340,17 @@ def update_app(session: Session, app_id: str, data: AppUpdate, actor: Actor, sea
     app.updated_at = utcnow()
     session.add(app)
     record(session, actor, "app.update", "app", app.id, changes)
-    reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE)
     return app_public(session, app)
 
 
-def delete_app(session: Session, app_id: str, actor: Actor, sealer: Sealer) -> None:
+def delete_app(session: Session, app_id: str, actor: Actor) -> None:
     """Takes the app out of the catalogue: the reconciler removes it from every device the school put it on."""
     app = _live_app(session, app_id)
     app.deleted_at = utcnow()
     session.add(app)
     record(session, actor, "app.delete", "app", app.id, {"identifier": app.identifier})
-    reconcile(session, EVERYONE, sealer)
+    reconcile(session, EVERYONE)
 
 
 def list_apps(session: Session) -> list[AppPublic]:

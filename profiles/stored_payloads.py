@@ -1,7 +1,7 @@
 """Payload storage: a profile's secrets sealed at rest, opened only to render it for a device, never returned.
 
-A module of its own because both the service (storing and showing profiles) and the reconciler
-(queuing InstallProfile) need it; in the service, the reconciler had to import it back (a circle).
+A module of its own so the service (storing, showing and rendering profiles) and anything else in the
+domain that needs the payloads share one copy of the sealing rules.
 """
 
 from typing import Any
@@ -49,10 +49,9 @@ def typed_payloads(profile: Profile, sealer: Sealer) -> list[Any]:
     return PAYLOADS.validate_python(_revealed(profile.payloads, sealer))
 
 
-def device_profile_payload(profile: Profile, sealer: Sealer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The InstallProfile payload a device gets, and the redacted copy staff see in the history."""
-    full = agent_profile(profile.identifier, profile.version, typed_payloads(profile, sealer))
-    return full, {**full, "profile": redacted(profile.payloads)}
+def agent_payload(profile: Profile, sealer: Sealer) -> dict[str, Any]:
+    """The InstallProfile payload the agent receives, secrets included: rendered only as it is delivered."""
+    return agent_profile(profile.identifier, profile.version, typed_payloads(profile, sealer))
 
 
 def has_secret(profile: Profile) -> bool:

@@ -36,7 +36,7 @@ def signed_headers(
     """The device channel's headers, signed with `key`: tests vary each part to see it refused."""
     import time
 
-    from mdm.device_signature import new_nonce, sign_request
+    from mdm.channel.agent.signature import new_nonce, sign_request
 
     timestamp = int(time.time()) if timestamp is None else timestamp
     nonce = nonce or new_nonce()

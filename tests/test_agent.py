@@ -2,7 +2,7 @@
 
 The fake server is strict where the real one must be: it certifies the CSR with a CA made here (through the
 service's own CertificateAuthority, so its CSR checks apply), and it verifies every device-channel request
-with mdm.device_signature over the bytes it actually received. An agent that signed the wrong path, body,
+with mdm.channel.agent.signature over the bytes it actually received. An agent that signed the wrong path, body,
 timestamp or key would fail these tests the way it would fail against the real service.
 """
 
@@ -37,7 +37,7 @@ from mdm.agent import (
     run_device,
 )
 from mdm.agent.state import KEY_FILE
-from mdm.device_signature import (
+from mdm.channel.agent.signature import (
     NONCE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

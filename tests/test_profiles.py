@@ -229,7 +229,7 @@ def test_reconciling_twice_queues_nothing_new(client, auth, tmp_path, database, 
     create_app(client, auth, "com.example.maths")
     Tablet(client, auth, tmp_path, "T1")
     with database.writing() as session:
-        again = reconcile(session, DeviceSelector(everyone=True), app.state.sealer)
+        again = reconcile(session, DeviceSelector(everyone=True))
     assert (again.queued, again.cancelled) == (0, 0)
 
 

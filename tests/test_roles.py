@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from mdm.actor import Role
 from mdm.app import create_app
-from mdm.channel.api import DeviceSignature
+from mdm.channel.agent.dependencies import DeviceSignature
 from mdm.dependencies import RequireRoles
 
 # Deliberately open: health for load balancers, the OpenAPI document and its viewers, enrolment (the

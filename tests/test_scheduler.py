@@ -118,7 +118,7 @@ def test_the_scheduler_switch(settings, database):
 
 def test_housekeeping_forgets_dead_links_and_stale_nonces(client, auth, database):
     from enrollment.jobs import forget_dead_enrolment_links
-    from mdm.channel.jobs import purge_stale_nonces
+    from mdm.channel.agent.jobs import purge_stale_nonces
     from mdm.scheduler import JobContext
 
     live = client.post("/api/v1/enrollment-tokens", json={"category": "authorised"}, headers=auth(Role.admin)).json()

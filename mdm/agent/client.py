@@ -1,7 +1,7 @@
 """The reference agent's side of enrolment and the device channel (shared/API.md).
 
 Enrolment trades an enrolment token and a CSR for a certificate; from then on every request is signed
-with the key behind that certificate (mdm.device_signature), so the server knows which device is talking
+with the key behind that certificate (mdm.channel.agent.signature), so the server knows which device is talking
 and that nobody replayed or altered the request on the way.
 """
 
@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from mdm.agent.inventory import ENDS_MANAGEMENT, CommandOutcome, OutcomeStatus
 from mdm.agent.state import AgentState, KeyType, split_certificates
-from mdm.device_signature import (
+from mdm.channel.agent.signature import (
     NONCE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mdm.agent.inventory import Inventory
-from mdm.device_signature import SigningKey
+from mdm.channel.agent.signature import SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def split_certificates(bundle: str) -> list[str]:
 def _generate_key(key_type: KeyType) -> SigningKey:
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
-    # P-256 is the curve the device channel accepts (mdm.device_signature) and every platform offers.
+    # P-256 is the curve the device channel accepts (mdm.channel.agent.signature) and every platform offers.
     return ec.generate_private_key(ec.SECP256R1())
 
 

@@ -1,114 +1,59 @@
-"""Authenticating device requests and serving check-ins.
+"""The device channel's protocol-neutral core: the few things every protocol adapter asks of the service.
 
-Authentication is the device's signature with the key behind its latest certificate (who it is);
-authorisation is that certificate being live and the device not retired (whether it may talk to us).
-A bad signature is 401; a revoked or expired certificate or a retired device is 403.
+An adapter proves who is talking in its own way (the agent's request signature, Apple's CMS signature)
+and hands the core the certificate that made the proof. The core decides whether that identity may
+talk (authorisation), stores what the device reported (whole, or one piece at a time as Apple answers),
+hands over the commands due as intents for the adapter to render, and records the answers. The shape of
+NanoMDM's service interface: the HTTP and the wire format stay in the adapter.
+
+A revoked or expired certificate, or a device no longer managed, is 403 on every protocol alike.
 """
 
-import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cryptography import x509
-from sqlalchemy import delete
 from sqlmodel import Session
 
 from mdm import desired_state
 from mdm.actor import Actor
 from mdm.audit.service import record
-from mdm.channel.models import CheckinResponse, DeviceNonce
 from mdm.commands import service as commands
-from mdm.commands.models import Command, DeviceCommandForDevice
-from mdm.database import insert_ignoring_duplicates
-from mdm.device_signature import SignatureError, check_nonce_format, check_timestamp, verify_request_signature
+from mdm.commands.intents import Intent, intent_of
+from mdm.commands.models import Command, CommandResult
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceCertificate, DeviceState
 from mdm.errors import ProblemError
 from mdm.inventory.models import Inventory
 from mdm.inventory.service import store_inventory
-from mdm.sealing import Sealer
 
-MAX_SKEW_SECONDS = 300
-# Nonces are kept for twice the skew window: any request older than that is refused by its timestamp.
-NONCE_RETENTION = timedelta(seconds=2 * MAX_SKEW_SECONDS)
-SIGNED_HEADERS = {"X-MDM-Timestamp": "timestamp", "X-MDM-Nonce": "nonce", "X-MDM-Signature": "signature"}
 REFUSED_STATES = {DeviceState.retired.value: "retired", DeviceState.in_stock.value: "wiped and back in stock"}
 
 
-@dataclass(frozen=True)
-class SignedRequest:
-    device_id: str
-    method: str
-    path: str
-    timestamp: int
-    nonce: str
-    signature: str
-    body: bytes
+def identity_candidates(session: Session, device_id: str) -> list[DeviceCertificate]:
+    """The certificates the device may prove itself with, newest first ([] for an unknown device)."""
+    return devices.identity_candidates(session, device_id)
 
 
-def unauthenticated(detail: str) -> ProblemError:
-    return ProblemError(401, detail, headers={"WWW-Authenticate": 'MDM-Signature realm="devices"'})
+def admit(
+    session: Session, device_id: str, proven: DeviceCertificate, candidates: list[DeviceCertificate], now: datetime
+) -> Device:
+    """The device, locked for the rest of the transaction, once the identity that proved it may still talk.
 
-
-def parse_signed_request(
-    device_id: str, method: str, path: str, headers: dict[str, str], body: bytes, now: float
-) -> SignedRequest:
-    """Checks the headers alone (presence, clock skew, nonce shape) before any database work."""
-    missing = [name for name in SIGNED_HEADERS if not headers.get(name.lower())]
-    if missing:
-        raise unauthenticated(f"This is the device channel: sign the request ({', '.join(missing)} missing).")
-    try:
-        timestamp = check_timestamp(headers["x-mdm-timestamp"], now, MAX_SKEW_SECONDS)
-        nonce = check_nonce_format(headers["x-mdm-nonce"])
-    except SignatureError as exc:
-        raise unauthenticated(exc.detail) from exc
-    return SignedRequest(device_id, method, path, timestamp, nonce, headers["x-mdm-signature"], body)
-
-
-def authenticate(session: Session, request: SignedRequest, now: datetime) -> Device:
-    """The device, locked for the rest of the transaction, once its signature, certificate and nonce hold."""
-    device = session.get(Device, request.device_id)
-    candidates = devices.identity_candidates(session, request.device_id) if device else []
-    certificate = _signing_certificate(candidates, request)
-    device = devices.lock_for_update(session, request.device_id)
-    if certificate.revoked_at is not None:
+    `proven` is the candidate whose key made the adapter's signature. When it is the newest and an older
+    identity is still live, the device has proven its re-enrolment: only now is the old one revoked.
+    """
+    device = devices.lock_for_update(session, device_id)
+    if proven.revoked_at is not None:
         raise ProblemError(403, "This device's certificate has been revoked; enrol it again to manage it.")
-    if certificate.not_after <= now:
+    if proven.not_after <= now:
         raise ProblemError(403, "This device's certificate has expired; enrol it again.")
     if device.state in REFUSED_STATES:
         raise ProblemError(403, f"This device is {REFUSED_STATES[device.state]}; it is no longer managed.")
-    _use_nonce(session, request, now)
-    if certificate is candidates[0] and any(c.revoked_at is None for c in candidates[1:]):
-        _supersede_older_identities(session, device, certificate)
+    if proven is candidates[0] and any(c.revoked_at is None for c in candidates[1:]):
+        _supersede_older_identities(session, device, proven)
     return device
 
 
-def _signing_certificate(candidates: list[DeviceCertificate], request: SignedRequest) -> DeviceCertificate:
-    """The newest candidate whose key made the signature; 401 when none did."""
-    if not candidates:
-        raise unauthenticated("Unknown device, or a signature that does not verify.")
-    detail = ""
-    for certificate in candidates:
-        public_key = x509.load_pem_x509_certificate(certificate.certificate_pem.encode()).public_key()
-        try:
-            verify_request_signature(
-                public_key,
-                request.signature,
-                request.method,
-                request.path,
-                request.timestamp,
-                request.nonce,
-                request.body,
-            )
-        except SignatureError as exc:
-            detail = exc.detail
-            continue
-        return certificate
-    raise unauthenticated(f"Unknown device, or a signature that does not verify: {detail}")
-
-
 def _supersede_older_identities(session: Session, device: Device, proven: DeviceCertificate) -> None:
-    """A re-enrolled device has signed with its new key: only now is its old identity revoked."""
     serials = devices.revoke_certificates(
         session, device.id, "superseded: the device enrolled again", keep=proven.serial_number
     )
@@ -117,38 +62,40 @@ def _supersede_older_identities(session: Session, device: Device, proven: Device
     record(session, actor, "device.identity_confirmed", "device", device.id, summary)
 
 
-def _use_nonce(session: Session, request: SignedRequest, now: datetime) -> None:
-    session.execute(
-        delete(DeviceNonce).where(
-            DeviceNonce.device_id == request.device_id,  # type: ignore[arg-type]
-            DeviceNonce.seen_at < now - NONCE_RETENTION,  # type: ignore[arg-type,operator]
-        )
-    )
-    fresh = insert_ignoring_duplicates(
-        session, DeviceNonce, {"device_id": request.device_id, "nonce": request.nonce, "seen_at": now}
-    )
-    if not fresh:
-        raise unauthenticated("This nonce was used before: the request is a replay.")
-
-
-def checkin(
-    session: Session,
-    device: Device,
-    inventory: Inventory,
-    now: datetime,
-    redelivery: timedelta,
-    interval: int,
-    sealer: Sealer,
-) -> CheckinResponse:
-    """Stores the inventory, reconciles the device if it changed, and hands over the commands due."""
+def report_inventory(session: Session, device: Device, inventory: Inventory, now: datetime) -> None:
+    """Stores what the device reported and reconciles it when that changed; it counts as a check-in."""
     if store_inventory(session, device.id, inventory, now):
         desired_state.devices_changed(session, device_ids=[device.id])
     devices.mark_checked_in(session, device, inventory.os_version, now)
-    due = commands.deliver_due(session, device.id, now, redelivery)
-    return CheckinResponse(commands=[_as_delivered(c, sealer) for c in due], next_checkin_seconds=interval)
 
 
-def _as_delivered(command: Command, sealer: Sealer) -> DeviceCommandForDevice:
-    # A payload with a secret (a Wi-Fi password) is kept sealed and opened only for its device.
-    payload = json.loads(sealer.open(command.sealed_payload)) if command.sealed_payload else command.payload
-    return DeviceCommandForDevice(id=command.id, type=command.type, payload=payload)  # type: ignore[arg-type]
+def checked_in(session: Session, device: Device, now: datetime) -> None:
+    """The device was in touch without reporting anything (Apple's idle connect)."""
+    devices.mark_checked_in(session, device, None, now)
+
+
+def next_commands(
+    session: Session,
+    device_id: str,
+    now: datetime,
+    redelivery: timedelta,
+    limit: int = commands.MAX_COMMANDS_PER_CHECKIN,
+) -> list[tuple[Command, Intent]]:
+    """The commands due, oldest first, marked sent, each with the intent its adapter renders."""
+    return [
+        (command, intent_of(command)) for command in commands.deliver_due(session, device_id, now, redelivery, limit)
+    ]
+
+
+def withdraw(session: Session, command: Command, reason: str) -> None:
+    """A command whose intent no longer holds at delivery (its profile moved on) is never sent.
+
+    The device is reconciled at once, so what it should have instead is queued for its next check-in.
+    """
+    commands.cancel_command(session, command.device_id, command.id, reason)
+    desired_state.devices_changed(session, device_ids=[command.device_id])
+
+
+def record_result(session: Session, device_id: str, command_id: str, result: CommandResult, now: datetime) -> Command:
+    """The device's answer to one of its commands; the same answer twice changes nothing."""
+    return commands.record_result(session, device_id, command_id, result, now)

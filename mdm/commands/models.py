@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, StringConstraints
 from pydantic import Field as PydanticField
-from sqlalchemy import Column, Index, Text
+from sqlalchemy import Column, Index
 from sqlmodel import Field, SQLModel
 
 from mdm.database import JsonType, UtcDateTime
@@ -46,6 +46,7 @@ class Command(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=36)
     device_id: str = Field(foreign_key="device.id", max_length=36)
     type: str = Field(max_length=40)
+    # The intent's parameters (mdm/commands/intents.py), never a wire format: no secret is ever stored here.
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JsonType, nullable=False))
     # What the command acts on ("profile:<identifier>", "app:<identifier>"), so the reconciler never
     # queues a second command for the same thing while one is open.
@@ -53,9 +54,6 @@ class Command(SQLModel, table=True):
     # What the command means for its target ("install@3", "remove"): an open command with the same
     # intent makes a new one pointless, a different intent makes the old one stale.
     intent: str | None = Field(default=None, max_length=100)
-    # The payload as the device must receive it when it carries a secret (a Wi-Fi password), sealed;
-    # `payload` then holds the redacted copy that staff see in the history.
-    sealed_payload: str | None = Field(default=None, sa_type=Text)
     status: str = Field(default=CommandStatus.queued.value, max_length=20)
     created_at: datetime = Field(sa_type=UtcDateTime)
     created_by: str = Field(max_length=250)
@@ -82,14 +80,6 @@ class CommandPublic(BaseModel):
     deliveries: int
     answered_at: datetime | None
     result_detail: str | None
-
-
-class DeviceCommandForDevice(BaseModel):
-    """A command as the device receives it."""
-
-    id: str
-    type: CommandType
-    payload: dict[str, Any]
 
 
 Message = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]

@@ -15,6 +15,8 @@ from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.backoff import doubling
 from mdm.categories import PERSONAL, Category
+from mdm.commands import intents
+from mdm.commands.intents import Intent
 from mdm.commands.models import (
     OPEN_STATUSES,
     Command,
@@ -39,21 +41,21 @@ NOT_NOW_LONGEST_WAIT = timedelta(hours=6)
 def queue_command(
     session: Session,
     device_id: str,
-    command_type: CommandType,
-    payload: dict[str, Any],
+    intent: Intent,
     created_by: str,
     *,
     target: str | None = None,
-    intent: str | None = None,
+    intent_key: str | None = None,
     expires_at: datetime | None = None,
 ) -> Command:
+    """Records the command before it is ever delivered; its adapter renders the intent at delivery."""
     command = Command(
         id=new_id(),
         device_id=device_id,
-        type=command_type.value,
-        payload=payload,
+        type=intent.command_type().value,
+        payload=intent.payload(),
         target=target,
-        intent=intent,
+        intent=intent_key,
         status=CommandStatus.queued.value,
         created_at=utcnow(),
         created_by=created_by,
@@ -71,10 +73,12 @@ def open_commands(session: Session, device_id: str, command_type: CommandType | 
     return list(session.exec(statement.order_by(Command.id)))
 
 
-def deliver_due(session: Session, device_id: str, now: datetime, redelivery_after: timedelta) -> list[Command]:
-    """Marks due commands sent and returns them, oldest first."""
+def deliver_due(
+    session: Session, device_id: str, now: datetime, redelivery_after: timedelta, limit: int = MAX_COMMANDS_PER_CHECKIN
+) -> list[Command]:
+    """Marks up to `limit` due commands sent and returns them, oldest first."""
     _expire(session, device_id, now)
-    due = list(session.exec(_due_statement(device_id, now, redelivery_after)))
+    due = list(session.exec(_due_statement(device_id, now, redelivery_after, limit)))
     if due:
         session.execute(
             update(Command)
@@ -87,7 +91,7 @@ def deliver_due(session: Session, device_id: str, now: datetime, redelivery_afte
     return due
 
 
-def _due_statement(device_id: str, now: datetime, redelivery_after: timedelta) -> Select[Any]:
+def _due_statement(device_id: str, now: datetime, redelivery_after: timedelta, limit: int) -> Select[Any]:
     waiting = and_(
         col(Command.status).in_([CommandStatus.queued.value, CommandStatus.not_now.value]),
         or_(col(Command.not_before).is_(None), col(Command.not_before) <= now),
@@ -97,7 +101,7 @@ def _due_statement(device_id: str, now: datetime, redelivery_after: timedelta) -
         select(Command)
         .where(Command.device_id == device_id, or_(waiting, unanswered))
         .order_by(Command.id)
-        .limit(MAX_COMMANDS_PER_CHECKIN)
+        .limit(limit)
     )
 
 
@@ -235,12 +239,13 @@ def send_technician_command(session: Session, device_id: str, data: TechnicianCo
         raise Conflict(f"This device is {device.state}: only enrolled devices receive commands.")
     if data.type == CommandType.EraseDevice.value:
         _check_erase_allowed(device, data.confirm)
-    payload = {"message": data.message} if data.type == CommandType.DeviceLock.value and data.message else {}
-    expires_at = utcnow() + timedelta(hours=data.expires_in_hours) if data.expires_in_hours else None
-    command = queue_command(
-        session, device.id, CommandType(data.type), payload, actor.label, target="device", expires_at=expires_at
+    intent = (
+        intents.DeviceLock(message=data.message) if data.type == CommandType.DeviceLock.value else intents.EraseDevice()
     )
-    record(session, actor, f"command.{data.type}", "device", device.id, {"command_id": command.id, **payload})
+    expires_at = utcnow() + timedelta(hours=data.expires_in_hours) if data.expires_in_hours else None
+    command = queue_command(session, device.id, intent, actor.label, target="device", expires_at=expires_at)
+    summary = {"command_id": command.id, **intent.payload()}
+    record(session, actor, f"command.{data.type}", "device", device.id, summary)
     return command
 
 

@@ -18,6 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from mdm.channel.keys import weak_rsa_reason
+
 TIMESTAMP_HEADER = "X-MDM-Timestamp"
 NONCE_HEADER = "X-MDM-Nonce"
 SIGNATURE_HEADER = "X-MDM-Signature"
@@ -28,11 +30,6 @@ _NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _TIMESTAMP_PATTERN = re.compile(r"[0-9]{1,12}")
 # The largest RSA signature OpenSSL will verify (16384 bits) is 2 KiB, so 4 KiB of base64 is ample.
 _MAX_SIGNATURE_CHARS = 4096
-
-# RSA keys a device may use: 2048 bits or more (NIST SP 800-57), and the exponent 65537, because e=3
-# invites low-exponent attacks such as Bleichenbacher's PKCS#1 v1.5 signature forgery.
-MIN_RSA_BITS = 2048
-RSA_EXPONENT = 65537
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 VerifyingKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -130,16 +127,6 @@ def _decode_signature(signature_b64: str) -> bytes:
         return base64.b64decode(signature_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SignatureError(f"{SIGNATURE_HEADER} is not valid base64.") from exc
-
-
-def weak_rsa_reason(key: rsa.RSAPublicKey) -> str | None:
-    """Why an RSA key is too weak for a device identity, or None: shared with the CA's CSR check."""
-    if key.key_size < MIN_RSA_BITS:
-        return f"RSA key is {key.key_size} bits; at least {MIN_RSA_BITS} bits are required"
-    exponent = key.public_numbers().e
-    if exponent != RSA_EXPONENT:
-        return f"RSA key's public exponent is {exponent}; only {RSA_EXPONENT} is accepted"
-    return None
 
 
 def _require_strong_rsa(key: rsa.RSAPublicKey) -> None:

@@ -1,9 +1,12 @@
+"""The agent protocol's wire shapes (shared/API.md, "The device channel") and its replay guard."""
+
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 from sqlmodel import Field, SQLModel
 
-from mdm.commands.models import DeviceCommandForDevice
+from mdm.commands.models import CommandType
 from mdm.database import UtcDateTime
 from mdm.inventory.models import Inventory
 
@@ -20,6 +23,14 @@ class DeviceNonce(SQLModel, table=True):
 
 class CheckinRequest(BaseModel):
     inventory: Inventory
+
+
+class DeviceCommandForDevice(BaseModel):
+    """A command as the agent receives it: its intent rendered into the agent's JSON."""
+
+    id: str
+    type: CommandType
+    payload: dict[str, Any]
 
 
 class CheckinResponse(BaseModel):

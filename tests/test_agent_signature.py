@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from mdm.device_signature import (
+from mdm.channel.agent.signature import (
     SignatureError,
     SigningKey,
     VerifyingKey,

@@ -1,9 +1,9 @@
-"""Housekeeping for the device channel."""
+"""Housekeeping for the agent channel."""
 
 from sqlalchemy import delete
 
-from mdm.channel.models import DeviceNonce
-from mdm.channel.service import NONCE_RETENTION
+from mdm.channel.agent.auth import NONCE_RETENTION
+from mdm.channel.agent.models import DeviceNonce
 from mdm.ids import utcnow
 from mdm.scheduler import JobContext, JobSpec
 
