@@ -1,10 +1,18 @@
 """Engines and sessions for SQLite (the default) and PostgreSQL.
 
 SQLite: WAL so readers never block the writer, foreign keys on, and every write transaction opened with
-`BEGIN IMMEDIATE` so that concurrent writers queue on the busy timeout instead of failing half-way with
-"database is locked". Reads use a second engine that opens plain deferred transactions.
+`BEGIN IMMEDIATE` so that concurrent writers queue instead of failing half-way with "database is
+locked". Reads use a second engine that opens plain deferred transactions.
+
+Writers of one process queue on a lock of their own (`WriterQueue`), taken just before `BEGIN
+IMMEDIATE` and given back when the connection returns to the pool. SQLite's busy handler, which is
+left for other processes (a CLI command beside the server), polls in growing sleeps: under a morning
+storm of check-ins most of a request's time went in those sleeps while the database sat idle. The lock
+hands the database to the next writer the moment the last one is done. Connections are pooled, so a
+request does not pay for opening a file and setting pragmas.
 """
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -15,7 +23,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Engine, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
 
@@ -23,6 +32,8 @@ from mdm.hooks import SESSION_KEY, Hooks
 from mdm.private_files import PRIVATE_FILE, private_dir, private_file, restrict
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Enough for the server's thread pool to read while one connection writes; more only costs file handles.
+SQLITE_POOL_SIZE = 8
 # SQLite's side files; each holds recent rows of the database, so each is as private as the database.
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
@@ -107,12 +118,70 @@ def _private_sqlite_files(database: str | None) -> None:
         restrict(path.with_name(path.name + suffix), PRIVATE_FILE)
 
 
+class WriterQueue:
+    """One process's SQLite writers, in line: the next one begins the moment the last one ends."""
+
+    def __init__(self, timeout_seconds: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+        self._lock = threading.Lock()
+        self._timeout = timeout_seconds
+        self._holder: Any = None  # the DBAPI connection whose transaction is open
+
+    def enter(self, dbapi_connection: Any) -> None:
+        if not self._lock.acquire(timeout=self._timeout):
+            # What SQLite says after its busy timeout: the API answers 503 with Retry-After.
+            raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked: writers queued too long"))
+        self._holder = dbapi_connection
+
+    def leave(self, connection: Any) -> None:
+        # SQLAlchemy hands over the pool's proxy on commit and the raw DBAPI connection on check-in.
+        dbapi_connection = getattr(connection, "dbapi_connection", connection)
+        if dbapi_connection is not None and self._holder is dbapi_connection:
+            self._holder = None
+            self._lock.release()
+
+    def wrap(self, engine: Engine) -> None:
+        """Begin in line; leave the line once COMMIT or ROLLBACK has run, or the connection is thrown away."""
+        dialect = engine.dialect
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(dbapi_connection: Any) -> None:
+            try:
+                commit(dbapi_connection)
+            finally:
+                self.leave(dbapi_connection)
+
+        def do_rollback(dbapi_connection: Any) -> None:
+            try:
+                rollback(dbapi_connection)
+            finally:
+                self.leave(dbapi_connection)
+
+        dialect.do_commit, dialect.do_rollback = do_commit, do_rollback  # type: ignore[method-assign]
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            dbapi_connection = connection.connection.dbapi_connection
+            self.enter(dbapi_connection)
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                self.leave(dbapi_connection)
+                raise
+
+        @event.listens_for(engine, "checkin")
+        @event.listens_for(engine, "invalidate")
+        def _on_release(dbapi_connection: Any, _record: Any, *_error: Any) -> None:
+            self.leave(dbapi_connection)  # a connection that never committed nor rolled back
+
+
 def _sqlite_engine(url: str, immediate: bool, echo: bool) -> Engine:
     engine = create_engine(
         url,
         echo=echo,
-        # A pooled SQLite connection is cheap to make; NullPool avoids sharing one across threads.
-        poolclass=NullPool,
+        # A connection is used by one thread at a time (the pool hands it out), never shared at once.
+        poolclass=QueuePool,
+        pool_size=SQLITE_POOL_SIZE,
+        max_overflow=2 * SQLITE_POOL_SIZE,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
     )
 
@@ -127,9 +196,13 @@ def _sqlite_engine(url: str, immediate: bool, echo: bool) -> Engine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if immediate:
+        WriterQueue().wrap(engine)
+    else:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
 
     return engine
 
