@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mdm.agent.inventory import Inventory
-from mdm.device_signature import SigningKey
+from mdm.agent.signing import SigningKey
 
 logger = logging.getLogger(__name__)
 
