@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mdm.actor import Role, cli_actor
-from mdm.categories import Platform
+from mdm.categories import Category, Platform
 from mdm.database import Database
 from mdm.errors import ProblemError
 from mdm.private_files import private_dir
@@ -694,6 +694,108 @@ def agent_run(
                 + (f" ({applied.outcome.detail})" if applied.outcome.detail else "")
             )
     typer.echo(f"{sum(len(r.applied) for r in results)} command(s) applied in {len(results)} check-in(s).")
+
+
+# --- the fleet simulator and the demo school --------------------------------------------------------
+
+
+def _category_tokens(values: list[str]) -> dict[Category, str]:
+    tokens: dict[Category, str] = {}
+    for value in values:
+        category, _, token = value.partition("=")
+        if not token or category not in Category.__members__:
+            raise typer.BadParameter(
+                f"{value!r} is not CATEGORY=TOKEN with CATEGORY one of {', '.join(Category)}", param_hint="--token"
+            )
+        tokens[Category(category)] = token
+    return tokens
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="The service's base URL, e.g. http://127.0.0.1:8000.")],
+    devices: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many devices to simulate.")] = 100,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MDM_ADMIN_TOKEN",
+            help="An admin or technician API token: the simulator makes one enrolment token per category "
+            "through the API, with a use for each device (env MDM_ADMIN_TOKEN keeps it out of shell history).",
+        ),
+    ] = None,
+    token: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="CATEGORY=TOKEN, an enrolment token you made (with enough max_uses); repeat it for more "
+            "categories. Without --admin-token the mix keeps to these categories.",
+        ),
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Check-ins per device (default 3, unless --duration is given).")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Stop starting check-ins after this many seconds.")
+    ] = None,
+    checkin_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between one device's check-ins: a real agent's hours compressed; the first check-ins "
+            "are spread evenly over one interval. 0: each device checks in again at once (a load test).",
+        ),
+    ] = 10.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many requests in flight.")] = 32,
+    drift: Annotated[
+        float, typer.Option(min=0, max=100, help="Percent of devices whose user undoes what the school set up.")
+    ] = 15.0,
+    seed: Annotated[int, typer.Option(help="Picks the mix and the drifting devices; same seed, same fleet.")] = 2026,
+) -> None:
+    """Simulate a school's fleet against a running service, and measure it.
+
+    Each simulated device runs the reference agent's code with its state in memory: it enrols with an
+    enrolment token, checks in with an inventory of about 60 apps, applies the commands it receives
+    and answers each one. The mix is a secondary school's: school iPads (25%), shared cart iPads (15%),
+    authorised iPads bought through the school's scheme (25%), learners' phones (25%) and staff phones
+    (10%), iOS and Android. Some devices drift, every round, as a user who keeps undoing the school's
+    set-up does: a removed school app, a removed web filter (proxy) profile, an OS below the oldest
+    supported version (seen when the server has OS release data), no passcode. After a compliance run
+    they show up at /api/v1/devices?compliance=non_compliant.
+
+    Example, against `mdm serve` on this machine, as fast as it goes:
+
+    \b
+      mdm simulate --url http://127.0.0.1:8000 --devices 500 --rounds 3 --checkin-every 0 --admin-token $TOKEN
+
+    A progress line goes to standard error; at the end, standard output gets the counts, the rate and
+    latency (p50, p95, p99) of enrolments, check-ins and command results, and the errors by kind. A 429
+    (the server's abuse limits: by default 300 enrolments per address per 5 minutes) is retried after its
+    Retry-After. The exit code is 0 when every request succeeded, 1 when any failed (the summary says
+    which), and 2 when the simulation could not start. Simulated devices stay enrolled on the server: run
+    it against a test service, not a school's.
+    """
+    from mdm.simulator.run import Options, SimulationError
+    from mdm.simulator.run import simulate as run_simulation
+
+    options = Options(
+        url=url,
+        devices=devices,
+        tokens=_category_tokens(token or []),
+        admin_token=admin_token,
+        concurrency=concurrency,
+        checkin_every=checkin_every,
+        rounds=rounds,
+        duration=duration,
+        seed=seed,
+        drift_percent=drift,
+    )
+    try:
+        stats = run_simulation(options)
+    except SimulationError as exc:
+        _fail(str(exc), code=2)
+    for line in stats.summary():
+        typer.echo(line)
+    if stats.error_count:
+        raise typer.Exit(1)
 
 
 def main() -> None:
