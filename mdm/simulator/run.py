@@ -20,17 +20,16 @@ import httpx
 from mdm.categories import Category
 from mdm.simulator.driver import DEFAULT_CONCURRENCY, Fleet, async_client
 from mdm.simulator.fleet import DEFAULT_DRIFT_PERCENT, DEFAULT_SEED, DeviceSpec, plan_fleet
+from mdm.simulator.staff_api import SimulationError, StaffApi
 from mdm.simulator.stats import Stats
+
+__all__ = ["Options", "SimulationError", "create_category_tokens", "plan_for", "simulate"]
 
 # Long enough for a slow run to finish enrolling; the tokens are useless once the run is over anyway.
 TOKEN_HOURS = 24
 MAX_TOKEN_USES = 100_000
 PROGRESS_EVERY_TTY = 0.5
 PROGRESS_EVERY_LOG = 5.0
-
-
-class SimulationError(Exception):
-    """The simulation could not start (no way to enrol, a refused admin token); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -72,31 +71,12 @@ async def create_category_tokens(
     http: httpx.AsyncClient, url: str, admin_token: str, counts: Mapping[Category, int]
 ) -> dict[Category, str]:
     """One enrolment token per category, with a use for each device of it."""
+    api = StaffApi(http, url, admin_token)
     tokens = {}
     for category, count in counts.items():
         body = {"category": category.value, "max_uses": min(count, MAX_TOKEN_USES), "expires_in_hours": TOKEN_HOURS}
-        answer = await api_post(http, url, admin_token, "/api/v1/enrollment-tokens", body)
-        tokens[category] = answer["token"]
+        tokens[category] = (await api.post("/api/v1/enrollment-tokens", body))["token"]
     return tokens
-
-
-async def api_post(http: httpx.AsyncClient, url: str, admin_token: str, path: str, body: object) -> dict:
-    """POST as staff; a refusal becomes a SimulationError carrying the server's own explanation."""
-    headers = {"Authorization": f"Bearer {admin_token}"}
-    try:
-        response = await http.post(url.rstrip("/") + path, json=body, headers=headers)
-    except httpx.RequestError as exc:
-        raise SimulationError(f"could not reach {url}: {exc}") from exc
-    if not response.is_success:
-        raise SimulationError(f"POST {path} was refused ({response.status_code}): {_detail(response)}")
-    return response.json()
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("detail") or response.text[:200])
-    except (ValueError, AttributeError):
-        return response.text[:200]
 
 
 @asynccontextmanager
