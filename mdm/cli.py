@@ -777,6 +777,7 @@ def simulate(
     """
     from mdm.simulator.run import Options, SimulationError
     from mdm.simulator.run import simulate as run_simulation
+    from mdm.simulator.stats import Stats
 
     options = Options(
         url=url,
@@ -790,10 +791,17 @@ def simulate(
         seed=seed,
         drift_percent=drift,
     )
+    # Filled in as the run goes, so that Ctrl-C still prints what was measured until then.
+    stats = Stats()
     try:
-        stats = run_simulation(options)
+        run_simulation(options, stats=stats)
     except SimulationError as exc:
         _fail(str(exc), code=2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: what was measured until Ctrl-C")
+        for line in stats.summary():
+            typer.echo(line)
+        raise typer.Exit(130) from None
     for line in stats.summary():
         typer.echo(line)
     if stats.error_count:

@@ -68,7 +68,7 @@ async def _build(url: str, admin_token: str, people: int, devices: int, progress
     school = DemoSchool()
 
     def say(message: str) -> None:
-        progress.write(f"demo: {message}\n")
+        progress.write(f"demo: {time.monotonic() - started:5.1f} s  {message}\n")
         progress.flush()
 
     async with async_client(CONCURRENCY) as http:

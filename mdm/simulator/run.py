@@ -46,19 +46,19 @@ class Options:
     drift_percent: float = DEFAULT_DRIFT_PERCENT
 
 
-def simulate(options: Options, progress: TextIO = sys.stderr) -> Stats:
-    """Run the whole simulation and return what it measured."""
-    return asyncio.run(_simulate(options, progress))
+def simulate(options: Options, progress: TextIO = sys.stderr, stats: Stats | None = None) -> Stats:
+    """Run the whole simulation and return what it measured (in `stats` as it goes, when given)."""
+    return asyncio.run(_simulate(options, progress, stats or Stats()))
 
 
-async def _simulate(options: Options, progress: TextIO) -> Stats:
+async def _simulate(options: Options, progress: TextIO, stats: Stats) -> Stats:
     plan = plan_for(options)
     async with async_client(options.concurrency) as http:
         tokens = dict(options.tokens)
         missing = Counter(spec.category for spec in plan if spec.category not in tokens)
         if missing:
             tokens |= await create_category_tokens(http, options.url, options.admin_token or "", missing)
-        fleet = Fleet(options.url, http, concurrency=options.concurrency, seed=options.seed)
+        fleet = Fleet(options.url, http, concurrency=options.concurrency, seed=options.seed, stats=stats)
         fleet.add(replace(spec, token=tokens[spec.category]) for spec in plan)
         async with showing_progress(fleet.stats, progress):
             await fleet.enrol()
