@@ -20,7 +20,7 @@ import httpx
 
 from mdm.agent.protocol import AgentError, AgentProtocol, checked
 from mdm.agent.state import MemoryState
-from mdm.simulator.fleet import DEFAULT_SEED, DeviceSpec, apply_drift, starting_inventory
+from mdm.simulator.fleet import DEFAULT_SEED, STARTS_DRIFTED, DeviceSpec, apply_drift, starting_inventory
 from mdm.simulator.stats import CHECKIN, ENROL, RESULT, Stats
 
 DEFAULT_CONCURRENCY = 32
@@ -65,8 +65,8 @@ class Fleet:
             state = MemoryState(Path(spec.serial), inventory=starting_inventory(spec, self.seed))
             self.devices.append(SimulatedDevice(spec, AgentProtocol(self.url, state, self.http.build_request)))
             self.stats.devices += 1
-            if spec.drift:
-                self.stats.drifting[spec.drift] += 1
+            if spec.drift in STARTS_DRIFTED:
+                self.stats.drift(spec.serial, spec.drift)
 
     # --- Phases -----------------------------------------------------------------------------------
 
@@ -155,7 +155,8 @@ class Fleet:
                 device.state.forget_identity()
                 device.unenrolled = True
                 return
-        apply_drift(device.state.inventory, device.spec)
+        if apply_drift(device.state.inventory, device.spec) and device.spec.drift:
+            self.stats.drift(device.spec.serial, device.spec.drift)
 
     async def _send(self, kind: str, build: Callable[[], httpx.Request]) -> httpx.Response | None:
         """Send what `build` makes; the answer when it succeeded, else None with the error counted."""

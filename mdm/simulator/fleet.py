@@ -18,6 +18,8 @@ from mdm.categories import PERSONAL, Category, Platform
 
 Drift = Literal["removed_school_app", "removed_proxy", "old_os", "no_passcode"]
 DRIFTS: tuple[Drift, ...] = ("removed_school_app", "removed_proxy", "old_os", "no_passcode")
+# These are in the device's starting inventory; the others undo what the school installs, once it has.
+STARTS_DRIFTED = frozenset({"old_os", "no_passcode"})
 DEFAULT_DRIFT_PERCENT = 15
 DEFAULT_SEED = 2026
 # About 60 apps on each device: these from the family or the vendor, plus what the school installs.

@@ -28,7 +28,9 @@ def percentile(values: list[float], fraction: float) -> float:
 class Stats:
     devices: int = 0
     enrolled: int = 0
+    # Devices whose drift changed something, by kind: removing a school app from a phone that has none does not.
     drifting: Counter[str] = field(default_factory=Counter)
+    drifted: set[str] = field(default_factory=set)
     commands: Counter[str] = field(default_factory=Counter)  # by outcome: acknowledged, error, not_now
     errors: Counter[str] = field(default_factory=Counter)  # "check-in 403", "network ReadTimeout"...
     throttled: int = 0
@@ -41,6 +43,11 @@ class Stats:
         self.latencies[kind].append(finished - started)
         span = self.spans.setdefault(kind, [started, finished])
         span[0], span[1] = min(span[0], started), max(span[1], finished)
+
+    def drift(self, serial: str, kind: str) -> None:
+        if serial not in self.drifted:
+            self.drifted.add(serial)
+            self.drifting[kind] += 1
 
     def error(self, label: str) -> None:
         self.errors[label] += 1
