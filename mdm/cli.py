@@ -13,13 +13,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mdm.actor import Role, cli_actor
-from mdm.categories import Platform
+from mdm.categories import Category, Platform
 from mdm.database import Database
 from mdm.errors import ProblemError
 from mdm.private_files import private_dir
 from mdm.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # imported when a command needs it: it loads every domain, which `mdm agent` never does
+    import subprocess
+
     from mdm.bootstrap import Runtime
 
 app = typer.Typer(
@@ -694,6 +696,240 @@ def agent_run(
                 + (f" ({applied.outcome.detail})" if applied.outcome.detail else "")
             )
     typer.echo(f"{sum(len(r.applied) for r in results)} command(s) applied in {len(results)} check-in(s).")
+
+
+# --- the fleet simulator and the demo school --------------------------------------------------------
+
+
+def _category_tokens(values: list[str]) -> dict[Category, str]:
+    tokens: dict[Category, str] = {}
+    for value in values:
+        category, _, token = value.partition("=")
+        if not token or category not in Category.__members__:
+            raise typer.BadParameter(
+                f"{value!r} is not CATEGORY=TOKEN with CATEGORY one of {', '.join(Category)}", param_hint="--token"
+            )
+        tokens[Category(category)] = token
+    return tokens
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="The service's base URL, e.g. http://127.0.0.1:8000.")],
+    devices: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many devices to simulate.")] = 100,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MDM_ADMIN_TOKEN",
+            help="An admin or technician API token: the simulator makes one enrolment token per category "
+            "through the API, with a use for each device (env MDM_ADMIN_TOKEN keeps it out of shell history).",
+        ),
+    ] = None,
+    token: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="CATEGORY=TOKEN, an enrolment token you made (with enough max_uses); repeat it for more "
+            "categories. Without --admin-token the mix keeps to these categories.",
+        ),
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Check-ins per device (default 3, unless --duration is given).")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Stop starting check-ins after this many seconds.")
+    ] = None,
+    checkin_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between one device's check-ins: a real agent's hours compressed; the first check-ins "
+            "are spread evenly over one interval. 0: each device checks in again at once (a load test).",
+        ),
+    ] = 10.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many requests in flight.")] = 32,
+    drift: Annotated[
+        float, typer.Option(min=0, max=100, help="Percent of devices whose user undoes what the school set up.")
+    ] = 15.0,
+    seed: Annotated[int, typer.Option(help="Picks the mix and the drifting devices; same seed, same fleet.")] = 2026,
+) -> None:
+    """Simulate a school's fleet against a running service, and measure it.
+
+    Each simulated device runs the reference agent's code with its state in memory: it enrols with an
+    enrolment token, checks in with an inventory of about 60 apps, applies the commands it receives
+    and answers each one. The mix is a secondary school's: school iPads (25%), shared cart iPads (15%),
+    authorised iPads bought through the school's scheme (25%), learners' phones (25%) and staff phones
+    (10%), iOS and Android. Some devices drift, every round, as a user who keeps undoing the school's
+    set-up does: a removed school app, a removed web filter (proxy) profile, an OS below the oldest
+    supported version (seen when the server has OS release data), no passcode. After a compliance run
+    they show up at /api/v1/devices?compliance=non_compliant.
+
+    Example, against `mdm serve` on this machine, as fast as it goes:
+
+    \b
+      mdm simulate --url http://127.0.0.1:8000 --devices 500 --rounds 3 --checkin-every 0 --admin-token $TOKEN
+
+    A progress line goes to standard error; at the end, standard output gets the counts, the rate and
+    latency (p50, p95, p99) of enrolments, check-ins and command results, and the errors by kind. A 429
+    (the server's abuse limits: by default 300 enrolments per address per 5 minutes) is retried after its
+    Retry-After. The exit code is 0 when every request succeeded, 1 when any failed (the summary says
+    which), and 2 when the simulation could not start. Simulated devices stay enrolled on the server: run
+    it against a test service, not a school's.
+    """
+    from mdm.simulator.run import Options, SimulationError
+    from mdm.simulator.run import simulate as run_simulation
+    from mdm.simulator.stats import Stats
+
+    options = Options(
+        url=url,
+        devices=devices,
+        tokens=_category_tokens(token or []),
+        admin_token=admin_token,
+        concurrency=concurrency,
+        checkin_every=checkin_every,
+        rounds=rounds,
+        duration=duration,
+        seed=seed,
+        drift_percent=drift,
+    )
+    # Filled in as the run goes, so that Ctrl-C still prints what was measured until then.
+    stats = Stats()
+    try:
+        run_simulation(options, stats=stats)
+    except SimulationError as exc:
+        _fail(str(exc), code=2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: what was measured until Ctrl-C")
+        for line in stats.summary():
+            typer.echo(line)
+        raise typer.Exit(130) from None
+    for line in stats.summary():
+        typer.echo(line)
+    if stats.error_count:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(min=1, max=100_000, help="Devices to enrol through the simulator.")] = 500,
+    people: Annotated[int, typer.Option(min=2, max=100_000, help="People to import (about 10% staff).")] = 300,
+    port: Annotated[int | None, typer.Option(help="Port to serve on (default: a free one).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="An empty or new folder to keep the demo's data in (default: a temporary one, deleted at exit)."
+        ),
+    ] = None,
+    exit_: Annotated[
+        bool, typer.Option("--exit", help="Stop once the account is printed, instead of serving until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Start a demo school on this machine, to look around in.
+
+    Serves the service on 127.0.0.1 (a real `mdm serve`, with SQLite in a temporary data directory and
+    the scheduler off) and builds a school through its API: the access policy's defaults, OS release
+    data, apps with licence pools, Wi-Fi, web filter (proxy) and passcode profiles, PEOPLE people from
+    a CSV import, and DEVICES devices enrolled by the fleet simulator (`mdm simulate`), some of them
+    drifting. It runs the compliance check and offboards five leavers, then prints what it made, the
+    compliance totals, each exit's outcome, the URLs to look at and an admin token, and keeps serving
+    until Ctrl-C. Nothing leaves this machine: the demo's traffic stays on the loopback address.
+    With the defaults it takes about a minute and a half on a 2-core machine, most of it the devices'
+    check-ins; fewer --devices is quicker.
+
+    \b
+    Example:
+      mdm demo                 # then open the /docs URL it prints
+      mdm demo --devices 50 --people 40 --exit
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from mdm.auth.models import TokenCreate
+    from mdm.auth.service import create_token
+    from mdm.migrate import upgrade
+    from mdm.simulator.demo import account, build_demo_school
+    from mdm.simulator.staff_api import SimulationError
+
+    if data_dir is not None and data_dir.exists() and any(data_dir.iterdir()):
+        _fail(f"{data_dir} is not empty: the demo builds its school in a new or empty folder.", code=2)
+    folder = data_dir or Path(tempfile.mkdtemp(prefix="mdm-demo-"))
+    port = port or _free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = Settings(data_dir=folder, database_url=f"sqlite:///{folder / 'mdm.sqlite3'}", scheduler="off")
+    private_dir(settings.data_dir)
+    upgrade(settings.resolved_database_url)
+    with _database(settings) as database, database.writing() as session:
+        admin_token = create_token(session, TokenCreate(name="demo admin", role=Role.admin), cli_actor()).token
+    server = _serve_in_background(settings, port, devices)
+    try:
+        _wait_until_ready(url, server)
+        try:
+            school = build_demo_school(url, admin_token, people, devices, sys.stderr)
+        except SimulationError as exc:
+            _fail(f"the demo stopped: {exc} (the server's log: {folder / 'server.log'})")
+        for line in account(school, url, admin_token):
+            typer.echo(line)
+        if not exit_:
+            err.print(
+                f"Serving until Ctrl-C (data in {folder}; the server's log is server.log there).", highlight=False
+            )
+            server.wait()
+    except KeyboardInterrupt:
+        err.print("Stopping the demo.", highlight=False)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if data_dir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve_in_background(settings: Settings, port: int, devices: int) -> "subprocess.Popen[bytes]":
+    """`mdm serve` for the demo, on loopback, its log in the data directory."""
+    import os
+    import subprocess
+
+    env = {
+        **os.environ,
+        "MDM_DATA_DIR": str(settings.data_dir),
+        "MDM_DATABASE_URL": settings.resolved_database_url,
+        "MDM_SCHEDULER": "off",
+        "MDM_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        # Every demo device enrols from this one address, as a whole school behind its NAT would.
+        "MDM_ENROLL_ATTEMPTS_PER_ADDRESS": str(max(300, 2 * devices)),
+    }
+    log = (settings.data_dir / "server.log").open("wb")
+    command = [sys.executable, "-m", "mdm", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    # This interpreter and arguments built here.
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+
+
+def _wait_until_ready(url: str, server: "subprocess.Popen[bytes]", timeout: float = 60) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            _fail(f"the demo's server stopped at start (exit {server.returncode}); see server.log in its data folder.")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    _fail(f"the demo's server was not ready within {timeout:.0f} s.")
 
 
 def main() -> None:

@@ -1,78 +1,46 @@
-"""The reference agent's side of enrolment and the device channel (shared/API.md).
+"""The reference agent's side of enrolment and the device channel (shared/API.md), over a blocking client.
 
 Enrolment trades an enrolment token and a CSR for a certificate; from then on every request is signed
 with the key behind that certificate (mdm.channel.agent.signature), so the server knows which device is talking
-and that nobody replayed or altered the request on the way.
+and that nobody replayed or altered the request on the way. What is sent and how answers are read lives
+in mdm.agent.protocol, shared with the fleet simulator; this module only sends, and saves the state.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 
-from mdm.agent.inventory import ENDS_MANAGEMENT, CommandOutcome, OutcomeStatus
-from mdm.agent.state import AgentState, KeyType, split_certificates
-from mdm.channel.agent.signature import (
-    NONCE_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    SigningKey,
-    new_nonce,
-    sign_request,
+from mdm.agent.inventory import OutcomeStatus
+from mdm.agent.protocol import (
+    AgentError,
+    AgentProtocol,
+    AppliedCommand,
+    RoundResult,
+    build_csr,
+    checked,
+    encode_json,
+    network_error,
+    not_enrolled,
 )
+from mdm.agent.state import AgentState, KeyType
 
-API_PREFIX = "/api/v1"
+__all__ = [
+    "AgentClient",
+    "AgentError",
+    "AppliedCommand",
+    "RoundResult",
+    "build_csr",
+    "encode_json",
+    "enroll_device",
+    "run_device",
+]
+
 DEFAULT_TIMEOUT_SECONDS = 30.0
-RESULT_STATUSES: tuple[OutcomeStatus, ...] = ("acknowledged", "error", "not_now")
-# X.509 caps a common name at 64 characters; the server names the device itself, so truncating is harmless.
-_MAX_COMMON_NAME = 64
-
-
-class AgentError(Exception):
-    """The server refused a request or could not be reached; str() is the problem's detail.
-
-    `status` is the HTTP status, or None when no answer came back (network error, not enrolled).
-    `problem` is the application/problem+json body, or one made up to the same shape.
-    """
-
-    def __init__(self, status: int | None, problem: Mapping[str, Any], *, retry_after: float | None = None) -> None:
-        self.status = status
-        self.problem = dict(problem)
-        self.retry_after = retry_after
-        super().__init__(self.detail)
-
-    @property
-    def detail(self) -> str:
-        detail = self.problem.get("detail") or self.problem.get("title")
-        return str(detail) if detail else f"HTTP {self.status}"
-
-
-@dataclass(frozen=True)
-class AppliedCommand:
-    id: str
-    type: str
-    outcome: CommandOutcome
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    """One check-in and what came of it."""
-
-    applied: list[AppliedCommand]
-    next_checkin_seconds: int | None
-    # The round ended management (EraseDevice, RemoveMDM): the identity is gone and check-ins stop.
-    unenrolled: bool = False
 
 
 class AgentClient:
@@ -85,13 +53,13 @@ class AgentClient:
         http: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
         self.state = state
         self.next_checkin_seconds = state.next_checkin_seconds
-        self._clock = clock
         # A client handed in (with its own TLS settings, or a test transport) belongs to the caller.
         self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=DEFAULT_TIMEOUT_SECONDS)
+        self._protocol = AgentProtocol(base_url, state, self._http.build_request, clock)
+        self.base_url = self._protocol.base_url
 
     def close(self) -> None:
         if self._owns_http:
@@ -107,86 +75,26 @@ class AgentClient:
 
     def enroll(self, token: str, device: Mapping[str, Any], aup_accepted: bool) -> str:
         """Enrol with an enrolment token; store the identity the server issues and return the device id."""
-        if self.state.enrolled:
-            raise AgentError(
-                None,
-                {"title": "Already enrolled", "detail": f"This device is already enrolled as {self.state.device_id}."},
-            )
-        key = self.state.ensure_key()
-        body = {
-            "token": token,
-            "csr": build_csr(key, str(device.get("serial") or "")),
-            "aup_accepted": aup_accepted,
-            "device": dict(device),
-        }
-        request = self._http.build_request(
-            "POST", self._url(f"{API_PREFIX}/enroll"), content=encode_json(body), headers=_JSON_HEADERS
-        )
-        response = self._send(request)
-        device_id = self._store_identity(key, _json_object(response), response.status_code)
-        if device.get("os_version") and not self.state.inventory.os_version:
-            self.state.inventory.os_version = str(device["os_version"])
+        response = self._send(self._protocol.enrolment(token, device, aup_accepted))
+        device_id = self._protocol.accept_enrolment(response, device)
         self.state.save()
-        return device_id
-
-    def _store_identity(self, key: SigningKey, answer: Mapping[str, Any], status: int) -> str:
-        certificate_pem, ca_pems = _enrolment_certificates(answer, status)
-        _check_certificate(key, certificate_pem, ca_pems, status)
-        device_id = answer.get("device_id")
-        checkin_url = answer.get("checkin_url")
-        if not isinstance(device_id, str) or not device_id or not isinstance(checkin_url, str):
-            raise _bad_answer(status, "the enrolment answer lacks device_id or checkin_url")
-        self.state.base_url = self.base_url
-        self.state.device_id = device_id
-        self.state.checkin_url = checkin_url
-        self.state.certificate_pem = certificate_pem
-        self.state.ca_certificates = ca_pems
-        self.state.inventory.enrolled = True
-        self.state.inventory.erased = False
         return device_id
 
     # --- The device channel -----------------------------------------------------------------------
 
     def signed_request(self, method: str, path: str, json_body: Any = None) -> httpx.Response:
         """Send a request signed with the device key; the signed body bytes are the bytes sent."""
-        key = self.state.private_key
-        if key is None:
-            raise _not_enrolled()
-        body = b"" if json_body is None else encode_json(json_body)
-        headers = dict(_JSON_HEADERS) if json_body is not None else {}
-        request = self._http.build_request(method, self._url(path), content=body, headers=headers)
-        # Sign the path exactly as it goes on the wire (percent-encoding and query string included).
-        path_with_query = request.url.raw_path.decode("ascii")
-        timestamp = int(self._clock())
-        nonce = new_nonce()
-        request.headers[TIMESTAMP_HEADER] = str(timestamp)
-        request.headers[NONCE_HEADER] = nonce
-        request.headers[SIGNATURE_HEADER] = sign_request(key, method, path_with_query, timestamp, nonce, body)
-        return self._send(request)
+        return self._send(self._protocol.signed(method, path, json_body))
 
     def checkin(self) -> list[dict[str, Any]]:
         """Report the inventory; return the commands the server wants applied."""
-        # The contract's path under the base URL this device reached, not checkin_url as given: a server
-        # without MDM_PUBLIC_URL names its bind address there (http://0.0.0.0:8000), unreachable behind a proxy.
-        path = f"{API_PREFIX}/devices/{quote(self._device_id(), safe='')}/checkin"
-        response = self.signed_request("POST", path, {"inventory": self.state.inventory.to_json()})
-        answer = _json_object(response)
-        commands = _commands(answer, response.status_code)
-        seconds = answer.get("next_checkin_seconds")
-        self.next_checkin_seconds = seconds if isinstance(seconds, int) and not isinstance(seconds, bool) else None
-        self.state.next_checkin_seconds = self.next_checkin_seconds
+        commands = self._protocol.read_checkin(self._send(self._protocol.checkin()))
+        self.next_checkin_seconds = self.state.next_checkin_seconds
         return commands
 
     def report(self, command_id: str, status: OutcomeStatus, detail: str | None = None) -> None:
         """Send one command's result; the server takes repeats of the same result (at-least-once delivery)."""
-        if status not in RESULT_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(RESULT_STATUSES)}, not {status!r}")
-        body: dict[str, Any] = {"status": status}
-        if detail is not None:
-            body["detail"] = detail
-        # Quoting keeps an odd id from the server from steering the request to another path.
-        path = f"{API_PREFIX}/devices/{quote(self._device_id(), safe='')}/commands/{quote(command_id, safe='')}/result"
-        self.signed_request("POST", path, body)
+        self._send(self._protocol.result(command_id, status, detail))
 
     # --- Rounds -----------------------------------------------------------------------------------
 
@@ -195,14 +103,11 @@ class AgentClient:
         commands = self.checkin()
         applied: list[AppliedCommand] = []
         for command in commands:
-            outcome = self.state.inventory.apply_command(command)
-            # Saved before reporting: the device changed even if the report is lost, and a redelivered
-            # command finds the change already made (every command is idempotent on the device).
-            self.state.save_inventory()
+            done = self._protocol.apply(command)
             # Reported with the identity still in place: it is the server's only proof the device obeyed.
-            self.report(command["id"], outcome.status, outcome.detail)
-            applied.append(AppliedCommand(command["id"], str(command["type"]), outcome))
-            if command["type"] in ENDS_MANAGEMENT and outcome.status == "acknowledged":
+            self.report(done.id, done.outcome.status, done.outcome.detail)
+            applied.append(done)
+            if done.ends_management:
                 # A wiped or released device forgets the school and does nothing more for it, even in this batch.
                 self.state.forget_identity()
                 return RoundResult(applied, None, unenrolled=True)
@@ -224,28 +129,12 @@ class AgentClient:
 
     # --- Plumbing ---------------------------------------------------------------------------------
 
-    def _url(self, path: str) -> str:
-        if path.startswith(("https://", "http://")):
-            return path
-        # Joined by hand: httpx's join would drop a path prefix such as https://host/mdm.
-        return self.base_url + (path if path.startswith("/") else "/" + path)
-
-    def _device_id(self) -> str:
-        if not self.state.enrolled or self.state.device_id is None:
-            raise _not_enrolled()
-        return self.state.device_id
-
     def _send(self, request: httpx.Request) -> httpx.Response:
         try:
             response = self._http.send(request)
         except httpx.RequestError as exc:
-            raise AgentError(
-                None,
-                {"title": "Network error", "detail": f"Could not reach the MDM server at {request.url}: {exc}"},
-            ) from exc
-        if not response.is_success:
-            raise _error_from(response)
-        return response
+            raise network_error(request, exc) from exc
+        return checked(response)
 
 
 # --- Functions for the command line ---------------------------------------------------------------
@@ -278,113 +167,6 @@ def run_device(
     state = AgentState.load(state_dir)
     url = base_url or state.base_url
     if not url:
-        raise _not_enrolled()
+        raise not_enrolled()
     with AgentClient(url, state, http=http) as client:
         return client.converge(max_rounds)
-
-
-# --- Helpers --------------------------------------------------------------------------------------
-
-_JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON: serialised once, so the bytes signed are the bytes sent."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def build_csr(key: SigningKey, common_name: str) -> str:
-    """A PEM CSR for the device key; the CN is only a hint, since the server names the certificate."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (common_name or "device")[:_MAX_COMMON_NAME])])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
-def _enrolment_certificates(answer: Mapping[str, Any], status: int) -> tuple[str, list[str]]:
-    certificate = answer.get("certificate")
-    ca_certificates = answer.get("ca_certificates")
-    if not isinstance(certificate, str) or not isinstance(ca_certificates, list):
-        raise _bad_answer(status, "the enrolment answer lacks certificate or ca_certificates")
-    if not all(isinstance(pem, str) for pem in ca_certificates):
-        raise _bad_answer(status, "ca_certificates must be a list of PEM strings")
-    ca_pems = [block for pem in ca_certificates for block in split_certificates(pem)]
-    certificates = split_certificates(certificate)
-    if len(certificates) != 1 or not ca_pems:
-        raise _bad_answer(status, "the enrolment answer must hold one device certificate and the CA certificates")
-    return certificates[0], ca_pems
-
-
-def _check_certificate(key: SigningKey, certificate_pem: str, ca_pems: list[str], status: int) -> None:
-    """Refuse an identity the device could not use: a certificate for another key, or from another CA."""
-    try:
-        certificate = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
-        authorities = [x509.load_pem_x509_certificate(pem.encode("ascii")) for pem in ca_pems]
-    except ValueError as exc:
-        raise _bad_answer(status, f"the enrolment answer holds a certificate that cannot be read: {exc}") from exc
-    if _spki(certificate.public_key()) != _spki(key.public_key()):
-        raise _bad_answer(status, "the server certified a different key from the one in this device's CSR")
-    if not any(_issued_by(certificate, authority) for authority in authorities):
-        raise _bad_answer(status, "the device certificate is not signed by any of the CA certificates sent")
-
-
-def _issued_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:
-    try:
-        certificate.verify_directly_issued_by(authority)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _spki(public_key: Any) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _commands(answer: Mapping[str, Any], status: int) -> list[dict[str, Any]]:
-    commands = answer.get("commands")
-    if not isinstance(commands, list):
-        raise _bad_answer(status, "the check-in answer lacks a commands list")
-    for command in commands:
-        # Without a string id the result could not be reported, so the whole answer is refused.
-        if not isinstance(command, dict) or not isinstance(command.get("id"), str) or "type" not in command:
-            raise _bad_answer(status, f"the check-in answer holds a malformed command: {command!r}")
-    return commands
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        answer = response.json()
-    except ValueError as exc:
-        raise _bad_answer(response.status_code, "the server's answer is not JSON") from exc
-    if not isinstance(answer, dict):
-        raise _bad_answer(response.status_code, "the server's answer is not a JSON object")
-    return answer
-
-
-def _error_from(response: httpx.Response) -> AgentError:
-    try:
-        problem = response.json()
-    except ValueError:
-        problem = None
-    if not isinstance(problem, dict):
-        # A proxy's HTML error page, say: keep the start of it so the operator can see who answered.
-        snippet = response.text[:200].strip()
-        problem = {
-            "status": response.status_code,
-            "title": response.reason_phrase,
-            "detail": f"The server answered HTTP {response.status_code} {response.reason_phrase}"
-            + (f": {snippet}" if snippet else ""),
-        }
-    return AgentError(response.status_code, problem, retry_after=_retry_after(response))
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
-
-
-def _bad_answer(status: int, detail: str) -> AgentError:
-    return AgentError(status, {"title": "Unexpected answer from the server", "detail": detail})
-
-
-def _not_enrolled() -> AgentError:
-    return AgentError(None, {"title": "Not enrolled", "detail": "This device is not enrolled; enrol it first."})

@@ -132,8 +132,11 @@ class AgentState:
         self.certificate_pem = None
         self.ca_certificates = []
         self.next_checkin_seconds = None
-        self.key_path.unlink(missing_ok=True)
+        self._delete_key()
         self.save()
+
+    def _delete_key(self) -> None:
+        self.key_path.unlink(missing_ok=True)
 
     def _make_dir(self) -> None:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -146,6 +149,27 @@ class AgentState:
         _write_atomically(self.key_path, pem, mode=0o600)
         self.key_type = "rsa" if isinstance(key, rsa.RSAPrivateKey) else "ec"
         return key
+
+
+class MemoryState(AgentState):
+    """A device kept in memory only: the fleet simulator's thousands of devices write nothing to disk.
+
+    `state_dir` only names the device; nothing is read from it or written to it.
+    """
+
+    def save(self) -> None:
+        pass
+
+    def save_inventory(self) -> None:
+        pass
+
+    def ensure_key(self) -> SigningKey:
+        if self.private_key is None:
+            self.private_key = _generate_key(self.key_type)
+        return self.private_key
+
+    def _delete_key(self) -> None:
+        pass
 
 
 def split_certificates(bundle: str) -> list[str]:
