@@ -116,10 +116,10 @@ def _required_apps(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCatal
         on_device: InstalledApp | None = reported.get(app.identifier)
         if on_device is None:
             problems.append(f"{app.identifier} missing")
-        elif not on_device.managed:
+        elif not on_device["managed"]:
             problems.append(f"{app.identifier} not managed")
-        elif not meets_minimum(on_device.version, app.min_version):
-            problems.append(f"{app.identifier} {on_device.version} below {app.min_version}")
+        elif not meets_minimum(on_device["version"], app.min_version):
+            problems.append(f"{app.identifier} {on_device['version']} below {app.min_version}")
     return "; ".join(problems) or None
 
 

@@ -52,7 +52,7 @@ def reported(snapshot: dict | None, apps: dict[str, dict], profiles: dict[str, i
             if malware
             else None
         ),
-        apps={identifier: InstalledApp(app["version"], app["managed"]) for identifier, app in apps.items()},
+        apps={identifier: InstalledApp(identifier=identifier, **app) for identifier, app in apps.items()},
         profiles=profiles,
     )
 

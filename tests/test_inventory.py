@@ -212,5 +212,5 @@ def test_reported_inventories_are_typed_and_absent_before_the_first_report(datab
     assert inventory.malware_protection.enabled is True
     assert inventory.malware_protection.definitions_updated_at == datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
     maths = inventory.apps["com.example.maths"]
-    assert (maths.version, maths.managed) == ("2.1", True)
+    assert (maths["version"], maths["managed"]) == ("2.1", True)
     assert (inventory.jailbroken, inventory.encrypted) == (False, True)

@@ -9,7 +9,7 @@ what is stored was validated when it arrived.
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, TypedDict
 
 from pydantic import Field as PydanticField
 from pydantic import StringConstraints
@@ -82,9 +82,10 @@ class Inventory(Reported):
     profiles: list[ReportedProfile] = PydanticField(default_factory=list, max_length=1000)
 
 
-class InstalledApp(NamedTuple):
-    """An app on a device. A named tuple, not a dataclass: building six million a night must stay cheap."""
+class InstalledApp(TypedDict):
+    """An app on a device: the stored entry itself, typed. Six million a night are read, so none is copied."""
 
+    identifier: str
     version: str | None
     managed: bool
 
