@@ -54,17 +54,7 @@ def store_inventory(
     `partial`: only the fields the report carries (`inventory.model_fields_set`) replace what is stored.
     """
     current = session.get(DeviceInventory, device_id)
-    if partial:
-        carried = inventory.model_fields_set
-        # Before the first report, what is known of the device is the profiles it acknowledged.
-        stored = current.snapshot if current is not None else {"profiles": _acknowledged(session, device_id)}
-        piece = inventory.model_dump(mode="json", include=carried)
-        if "profiles" in piece:
-            piece["profiles"] = _keep_acknowledged_versions(piece["profiles"], stored.get("profiles", ()))
-        document = {**stored, **piece}
-    else:
-        carried = set(Inventory.model_fields)
-        document = inventory.model_dump(mode="json")
+    document, carried = _merged(session, device_id, current, inventory, partial)
     digest = document_hash(document)
     if current is not None and current.content_hash == digest:
         return False
@@ -78,6 +68,21 @@ def store_inventory(
     if "profiles" in carried:
         _replace_profiles(session, device_id, document["profiles"])
     return True
+
+
+def _merged(
+    session: Session, device_id: str, current: DeviceInventory | None, inventory: Inventory, partial: bool
+) -> tuple[dict[str, Any], set[str]]:
+    """The document to store, and the fields this report carried (all of them when it is whole)."""
+    if not partial:
+        return inventory.model_dump(mode="json"), set(Inventory.model_fields)
+    carried = inventory.model_fields_set
+    # Before the first report, what is known of the device is the profiles it acknowledged.
+    stored = current.snapshot if current is not None else {"profiles": _acknowledged(session, device_id)}
+    piece = inventory.model_dump(mode="json", include=carried)
+    if "profiles" in piece:
+        piece["profiles"] = _keep_acknowledged_versions(piece["profiles"], stored.get("profiles", ()))
+    return {**stored, **piece}, carried
 
 
 def _keep_acknowledged_versions(reported: list[ProfileEntry], stored: Iterable[ProfileEntry]) -> list[ProfileEntry]:
