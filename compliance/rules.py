@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from compliance.os_releases.service import line_of, required_from
+from mdm.inventory.models import InstalledApp, ReportedInventory
 from mdm.versions import meets_minimum, version_key
 from profiles.service import AppSpec, ProfileSpec
 
@@ -93,36 +94,40 @@ class Evidence:
     os_version: str | None
     last_checkin_at: datetime | None
     enrolled_at: datetime | None
-    snapshot: dict[str, Any] | None
+    inventory: ReportedInventory | None  # None: the device has never reported
     desired_profiles: list[ProfileSpec]
     desired_apps: list[AppSpec]
-    # What the device reported, straight from its inventory: apps by identifier, profile versions.
-    apps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    profiles: dict[str, int | None] = field(default_factory=dict)
     age: int | None = None
     app_ratings: dict[str, int] = field(default_factory=dict)
 
 
 Rule = Callable[[Evidence, dict[str, Any], datetime, OsCatalogue], str | None]
+NOTHING_REPORTED = ReportedInventory()
+
+
+def _reported(e: Evidence) -> ReportedInventory:
+    return e.inventory or NOTHING_REPORTED
 
 
 def _required_apps(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:
     problems = []
+    reported = _reported(e).apps
     for app in e.desired_apps:
-        on_device = e.apps.get(app.identifier)
+        on_device: InstalledApp | None = reported.get(app.identifier)
         if on_device is None:
             problems.append(f"{app.identifier} missing")
-        elif not on_device.get("managed"):
+        elif not on_device["managed"]:
             problems.append(f"{app.identifier} not managed")
-        elif not meets_minimum(on_device.get("version"), app.min_version):
-            problems.append(f"{app.identifier} {on_device.get('version')} below {app.min_version}")
+        elif not meets_minimum(on_device["version"], app.min_version):
+            problems.append(f"{app.identifier} {on_device['version']} below {app.min_version}")
     return "; ".join(problems) or None
 
 
 def _profiles_present(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:
     problems = []
+    reported = _reported(e).profiles
     for profile in e.desired_profiles:
-        version = e.profiles.get(profile.identifier)
+        version = reported.get(profile.identifier)
         if version is None:
             problems.append(f"{profile.identifier} missing")
         elif version != profile.version:
@@ -153,33 +158,32 @@ def _os_updates(e: Evidence, p: dict[str, Any], now: datetime, os: OsCatalogue) 
 
 
 def _passcode(e: Evidence, p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:
-    snapshot = e.snapshot or {}
-    if snapshot.get("passcode_set") is False:
+    reported = _reported(e)
+    if reported.passcode_set is False:
         return "no passcode is set"
-    length, minimum = snapshot.get("passcode_length"), int(p.get("min_length", 6))
-    if snapshot.get("passcode_set") and length is not None and length < minimum:
+    length, minimum = reported.passcode_length, int(p.get("min_length", 6))
+    if reported.passcode_set and length is not None and length < minimum:
         return f"the passcode has {length} characters, fewer than {minimum}"
     return None
 
 
 def _malware_protection(e: Evidence, p: dict[str, Any], now: datetime, _os: OsCatalogue) -> str | None:
-    protection = (e.snapshot or {}).get("malware_protection")
+    protection = _reported(e).malware_protection
     if protection is None:
         return None  # the platform does not report it
-    if not protection.get("enabled"):
+    if not protection.enabled:
         return "malware protection is off"
-    updated = protection.get("definitions_updated_at")
+    updated_at = protection.definitions_updated_at
     limit = int(p.get("max_definitions_age_days", 7))
-    if updated is None:
+    if updated_at is None:
         return "malware definitions have never been updated"
-    updated_at = datetime.fromisoformat(str(updated).replace("Z", "+00:00"))
     if updated_at < now - timedelta(days=limit):
         return f"malware definitions are from {updated_at:%Y-%m-%d}, more than {limit} days old"
     return None
 
 
 def _not_jailbroken(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:
-    return "the device is jailbroken or rooted" if (e.snapshot or {}).get("jailbroken") else None
+    return "the device is jailbroken or rooted" if _reported(e).jailbroken else None
 
 
 def _checked_in_recently(e: Evidence, p: dict[str, Any], now: datetime, _os: OsCatalogue) -> str | None:
@@ -197,7 +201,7 @@ def _checked_in_recently(e: Evidence, p: dict[str, Any], now: datetime, _os: OsC
 def _age_rating(e: Evidence, _p: dict[str, Any], _now: datetime, _os: OsCatalogue) -> str | None:
     if e.age is None:
         return None
-    above = sorted(identifier for identifier in e.apps if e.app_ratings.get(identifier, 0) > e.age)
+    above = sorted(identifier for identifier in _reported(e).apps if e.app_ratings.get(identifier, 0) > e.age)
     return f"apps rated above the learner's age ({e.age}): {', '.join(above)}" if above else None
 
 
@@ -215,27 +219,19 @@ EVALUATORS: dict[str, Rule] = {
 REMEDIABLE = frozenset({"required_apps", "profiles_present"})  # the reconciler can put these right
 
 
-def from_snapshot(snapshot: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], dict[str, int | None]]:
-    """Apps and profiles as the device reported them: the inventory snapshot already holds them."""
-    if not snapshot:
-        return {}, {}
-    apps = {app["identifier"]: app for app in snapshot.get("apps", ())}
-    return apps, {profile["identifier"]: profile.get("version") for profile in snapshot.get("profiles", ())}
-
-
 def evaluate(
     e: Evidence, rules: dict[str, tuple[bool, dict[str, Any]]], now: datetime, os: OsCatalogue
 ) -> tuple[str, list[dict[str, str]]]:
     """The device's status and failures. Before its first inventory it is unknown, unless silent too long."""
     silent = int(rules.get("checked_in_recently", (True, {}))[1].get("unknown_until_days", 30))
     since = e.last_checkin_at or e.enrolled_at
-    if e.snapshot is None and (since is None or since >= now - timedelta(days=silent)):
+    if e.inventory is None and (since is None or since >= now - timedelta(days=silent)):
         return "unknown", []
     failures = []
     for rule_id, (enabled, params) in rules.items():
         if not enabled or rule_id not in EVALUATORS:
             continue
-        if e.snapshot is None and rule_id != "checked_in_recently":
+        if e.inventory is None and rule_id != "checked_in_recently":
             continue
         detail = EVALUATORS[rule_id](e, params, now, os)
         if detail:

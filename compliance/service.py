@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 
 from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
 from compliance.os_releases import service as os_releases
-from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate, from_snapshot
+from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate
 from mdm import desired_state
 from mdm.csv_import import chunks
 from mdm.database import Database
@@ -28,7 +28,7 @@ from mdm.devices import service as devices
 from mdm.devices.models import Device
 from mdm.errors import Invalid, NotFound
 from mdm.ids import new_id, utcnow
-from mdm.inventory.models import DeviceInventory
+from mdm.inventory.service import reported_inventories
 from mdm.webhooks.service import emit, emit_many
 from profiles import service as profiles
 
@@ -219,11 +219,7 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime, s
     rules, escalation, catalogue, os = setup.rules, setup.escalation, setup.catalogue, setup.os
     rows = devices.compliance_rows(session, batch)
     desired = profiles.desired_by_device(session, batch, catalogue)
-    snapshots = dict(
-        session.exec(
-            select(DeviceInventory.device_id, DeviceInventory.snapshot).where(col(DeviceInventory.device_id).in_(batch))
-        ).all()
-    )
+    inventories = reported_inventories(session, batch)
     ages, ratings = _ages_and_ratings(session, rows, now) if rules["age_rating"][0] else ({}, {})
     counts = {
         "devices_evaluated": len(rows),
@@ -239,19 +235,17 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime, s
     events: list[tuple[str, dict[str, Any]]] = []
     for device_id, row in rows.items():
         desired_profiles, desired_apps = desired[device_id]
-        snapshot = snapshots.get(device_id)
-        reported_apps, reported_profiles = from_snapshot(snapshot)
+        inventory = inventories.get(device_id)
         evidence = Evidence(
             device_id,
             row.platform,
-            row.os_version,
+            # The device's latest word on its OS (a piece may carry it alone); else what it was registered with.
+            (inventory and inventory.os_version) or row.os_version,
             row.last_checkin_at,
             row.enrolled_at,
-            snapshot,
+            inventory,
             desired_profiles,
             desired_apps,
-            apps=reported_apps,
-            profiles=reported_profiles,
             age=ages.get(row.person_id),
             app_ratings=ratings,
         )

@@ -221,11 +221,25 @@ def refresh_statistics(session: Session, *tables: str) -> None:
 def insert_ignoring_duplicates(session: Session, model: Any, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING on either database; True when the row was new."""
     table = model.__table__
+    key = next(iter(table.primary_key.columns))
+    statement = _dialect_insert(session, table).values(**values).on_conflict_do_nothing().returning(key)
+    # RETURNING, not rowcount: SQLAlchemy reports no rowcount for INSERT unless asked, on either driver.
+    return session.execute(statement).first() is not None
+
+
+def upsert(session: Session, model: Any, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE on either database: the row holds `values` afterwards."""
+    table = model.__table__
+    keys = [column.name for column in table.primary_key.columns]
+    statement = _dialect_insert(session, table).values(**values)
+    changes = {name: statement.excluded[name] for name in values if name not in keys}
+    session.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes))
+
+
+def _dialect_insert(session: Session, table: Any) -> Any:
+    """The INSERT that knows ON CONFLICT: each database's own, the same clauses on both."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    key = next(iter(table.primary_key.columns))
-    statement = dialect_insert(table).values(**values).on_conflict_do_nothing().returning(key)
-    # RETURNING, not rowcount: SQLAlchemy reports no rowcount for INSERT unless asked, on either driver.
-    return session.execute(statement).first() is not None
+    return dialect_insert(table)

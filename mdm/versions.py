@@ -24,5 +24,6 @@ def version_key(version: str | None) -> VersionKey:
     return tuple(key)
 
 
+@lru_cache(maxsize=65536)  # six million app checks a night over a few hundred (version, minimum) pairs
 def meets_minimum(version: str | None, minimum: str | None) -> bool:
     return minimum is None or (version is not None and version_key(version) >= version_key(minimum))

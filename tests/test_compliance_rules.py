@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from compliance.rules import Evidence, OsCatalogue, evaluate
+from mdm.inventory.models import InstalledApp, MalwareStatus, ReportedInventory
 from profiles.planning import AppSpec, ProfileSpec
 
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -22,18 +23,38 @@ DEFAULTS = {
 }
 
 
-def evidence(**changes) -> Evidence:  # type: ignore[no-untyped-def]
+def evidence(snapshot=SNAPSHOT, apps=None, profiles=None, **changes) -> Evidence:  # type: ignore[no-untyped-def]
     base = {
         "device_id": "d",
         "platform": "ipados",
         "os_version": "17.5.1",
         "last_checkin_at": NOW - timedelta(hours=1),
         "enrolled_at": NOW - timedelta(days=60),
-        "snapshot": dict(SNAPSHOT),
+        "inventory": reported(snapshot, apps or {}, profiles or {}),
         "desired_profiles": [],
         "desired_apps": [],
     }
     return Evidence(**{**base, **changes})
+
+
+def reported(snapshot: dict | None, apps: dict[str, dict], profiles: dict[str, int | None]) -> ReportedInventory | None:
+    """The typed inventory a device with these reported facts has (None: it never reported)."""
+    if snapshot is None:
+        return None
+    malware = snapshot.get("malware_protection")
+    return ReportedInventory(
+        os_version=snapshot.get("os_version"),
+        passcode_set=snapshot.get("passcode_set"),
+        passcode_length=snapshot.get("passcode_length"),
+        jailbroken=snapshot.get("jailbroken"),
+        malware_protection=(
+            MalwareStatus(malware["enabled"], datetime.fromisoformat(malware["definitions_updated_at"]))
+            if malware
+            else None
+        ),
+        apps={identifier: InstalledApp(identifier=identifier, **app) for identifier, app in apps.items()},
+        profiles=profiles,
+    )
 
 
 def failures(e: Evidence, os: OsCatalogue | None = None, rules=None) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -4,10 +4,13 @@ import time
 
 from sqlalchemy import text
 
+from compliance.os_releases import service as os_releases
 from compliance.service import run_compliance
 from mdm.actor import Role
+from mdm.devices.models import Device
 from mdm.settings import Settings
 from tests.fleet import WIFI_FULL, Tablet, create_app, create_profile
+from tests.test_inventory import NOW, enrolled_device, report
 
 
 def device(client, auth, device_id: str) -> dict:
@@ -233,3 +236,22 @@ def test_a_manual_run_whose_process_died_is_marked_abandoned_by_the_next_run(cli
     assert runs[dead]["status"] == "abandoned"
     assert "no progress" in runs[dead]["detail"]
     assert runs[alive]["status"] == "running"
+
+
+def test_a_device_reporting_in_pieces_is_judged_on_the_merged_inventory(database):
+    device_id = enrolled_device(database)
+    with database.writing() as session:
+        os_releases.load_document(session, {"minimum_supported": [{"platform": "ipados", "version": "17"}]})
+    # Apple's answers, one query at a time: DeviceInformation, SecurityInfo, InstalledApplicationList.
+    report(database, device_id, {"os_version": "16.7.2", "build": "20H115"}, partial=True)
+    report(database, device_id, {"passcode_set": False, "encrypted": True}, partial=True)
+    report(database, device_id, {"apps": []}, partial=True)
+    run_compliance(database, "test", now=NOW)
+    with database.reading() as session:
+        judged = session.get(Device, device_id)
+        assert judged is not None
+        assert judged.compliance_status == "non_compliant"
+        assert {f["rule"]: f["detail"] for f in judged.compliance_failures} == {
+            "os_supported": "ipados 16.7.2 is below 17, the oldest version still supported",
+            "passcode": "no passcode is set",
+        }

@@ -1,51 +1,195 @@
-"""Storing what a device reports; an unchanged inventory costs one indexed read and no writes."""
+"""Storing what a device reports; an unchanged report costs one indexed read and no writes.
+
+A report is whole (the agent: every check-in carries everything, and a list it leaves out is empty) or
+a piece (Apple: DeviceInformation, SecurityInfo, InstalledApplicationList and ProfileList come one query
+at a time), which replaces only the fields it carries. Both are merged into one snapshot, hashed whole,
+so a piece that changes nothing is recognised like an unchanged check-in.
+
+Profile versions are the service's own fact: a profile is installed at a version once its InstallProfile
+is acknowledged (`record_profile_installed`), whatever the device says back; Apple's ProfileList carries
+no version at all. A reported version is taken, a missing one keeps the acknowledged one.
+
+Callers hold the device's row lock (the device channel takes it when it authenticates the device), so a
+report and a command result of the same device never interleave their read-modify-write of the snapshot.
+"""
 
 import hashlib
 import json
+from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, insert
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from mdm.inventory.models import DeviceApp, DeviceInventory, DeviceProfile, Inventory
+from mdm.database import upsert
+from mdm.inventory.models import (
+    DeviceApp,
+    DeviceInventory,
+    DeviceProfile,
+    InstalledApp,
+    Inventory,
+    MalwareStatus,
+    ReportedInventory,
+)
+
+ProfileEntry = dict[str, Any]  # {"identifier": ..., "version": ...} as the snapshot stores it
 
 
-def inventory_hash(inventory: Inventory) -> str:
-    document = inventory.model_dump(mode="json")
+def document_hash(document: dict[str, Any]) -> str:
+    ordered = dict(document)
     # Order of apps and profiles is the device's whim, not a change.
-    document["apps"] = sorted(document["apps"], key=lambda app: app["identifier"])
-    document["profiles"] = sorted(document["profiles"], key=lambda profile: profile["identifier"])
-    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    for key in ("apps", "profiles"):
+        if key in ordered:
+            ordered[key] = sorted(ordered[key], key=lambda entry: entry["identifier"])
+    return hashlib.sha256(json.dumps(ordered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def store_inventory(session: Session, device_id: str, inventory: Inventory, now: datetime) -> bool:
-    """Returns True when the inventory changed (the reconciler then has new reported state to compare)."""
-    digest = inventory_hash(inventory)
+def store_inventory(
+    session: Session, device_id: str, inventory: Inventory, now: datetime, *, partial: bool = False
+) -> bool:
+    """Returns True when the inventory changed (the reconciler then has new reported state to compare).
+
+    `partial`: only the fields the report carries (`inventory.model_fields_set`) replace what is stored.
+    """
     current = session.get(DeviceInventory, device_id)
+    document, carried = _merged(session, device_id, current, inventory, partial)
+    digest = document_hash(document)
     if current is not None and current.content_hash == digest:
         return False
-    snapshot = inventory.model_dump(mode="json")
     if current is None:
-        session.add(DeviceInventory(device_id=device_id, reported_at=now, content_hash=digest, snapshot=snapshot))
+        session.add(DeviceInventory(device_id=device_id, reported_at=now, content_hash=digest, snapshot=document))
     else:
-        current.reported_at, current.content_hash, current.snapshot = now, digest, snapshot
+        current.reported_at, current.content_hash, current.snapshot = now, digest, document
         session.add(current)
-    _replace_rows(session, device_id, inventory)
+    if "apps" in carried:
+        _replace_apps(session, device_id, document["apps"])
+    if "profiles" in carried:
+        _replace_profiles(session, device_id, document["profiles"])
     return True
 
 
-def _replace_rows(session: Session, device_id: str, inventory: Inventory) -> None:
-    session.execute(delete(DeviceApp).where(DeviceApp.device_id == device_id))  # type: ignore[arg-type]
-    session.execute(delete(DeviceProfile).where(DeviceProfile.device_id == device_id))  # type: ignore[arg-type]
-    apps = {app.identifier: app for app in inventory.apps}  # a duplicate report keeps the last entry
-    profiles = {profile.identifier: profile for profile in inventory.profiles}
-    if apps:
-        rows = [{"device_id": device_id, **app.model_dump()} for app in apps.values()]
-        session.execute(insert(DeviceApp), rows)
-    if profiles:
-        rows = [{"device_id": device_id, **profile.model_dump()} for profile in profiles.values()]
+def _merged(
+    session: Session, device_id: str, current: DeviceInventory | None, inventory: Inventory, partial: bool
+) -> tuple[dict[str, Any], set[str]]:
+    """The document to store, and the fields this report carried (all of them when it is whole)."""
+    if not partial:
+        return inventory.model_dump(mode="json"), set(Inventory.model_fields)
+    carried = inventory.model_fields_set
+    # Before the first report, what is known of the device is the profiles it acknowledged.
+    stored = current.snapshot if current is not None else {"profiles": _acknowledged(session, device_id)}
+    piece = inventory.model_dump(mode="json", include=carried)
+    if "profiles" in piece:
+        piece["profiles"] = _keep_acknowledged_versions(piece["profiles"], stored.get("profiles", ()))
+    return {**stored, **piece}, carried
+
+
+def _keep_acknowledged_versions(reported: list[ProfileEntry], stored: Iterable[ProfileEntry]) -> list[ProfileEntry]:
+    known = {profile["identifier"]: profile["version"] for profile in stored}
+    return [
+        profile if profile["version"] is not None else {**profile, "version": known.get(profile["identifier"])}
+        for profile in reported
+    ]
+
+
+def _acknowledged(session: Session, device_id: str) -> list[ProfileEntry]:
+    rows = session.exec(
+        select(DeviceProfile.identifier, DeviceProfile.version).where(DeviceProfile.device_id == device_id)
+    )
+    return [{"identifier": identifier, "version": version} for identifier, version in rows]
+
+
+def _replace_apps(session: Session, device_id: str, apps: list[dict[str, Any]]) -> None:
+    session.execute(delete(DeviceApp).where(col(DeviceApp.device_id) == device_id))
+    by_identifier = {app["identifier"]: app for app in apps}  # a duplicate report keeps the last entry
+    if by_identifier:
+        session.execute(insert(DeviceApp), [{"device_id": device_id, **app} for app in by_identifier.values()])
+
+
+def _replace_profiles(session: Session, device_id: str, profiles: list[ProfileEntry]) -> None:
+    session.execute(delete(DeviceProfile).where(col(DeviceProfile.device_id) == device_id))
+    by_identifier = {profile["identifier"]: profile for profile in profiles}
+    if by_identifier:
+        rows = [{"device_id": device_id, **profile} for profile in by_identifier.values()]
         session.execute(insert(DeviceProfile), rows)
+
+
+# --- What acknowledged commands establish ------------------------------------------------------------
+
+
+def record_profile_installed(session: Session, device_id: str, identifier: str, version: int) -> None:
+    """The device acknowledged InstallProfile: the profile is on it at this version."""
+    upsert(session, DeviceProfile, {"device_id": device_id, "identifier": identifier, "version": version})
+    _update_snapshot_profiles(session, device_id, identifier, {"identifier": identifier, "version": version})
+
+
+def record_profile_removed(session: Session, device_id: str, identifier: str) -> None:
+    """The device acknowledged RemoveProfile: the profile is gone."""
+    session.execute(
+        delete(DeviceProfile).where(
+            col(DeviceProfile.device_id) == device_id, col(DeviceProfile.identifier) == identifier
+        )
+    )
+    _update_snapshot_profiles(session, device_id, identifier, None)
+
+
+def _update_snapshot_profiles(
+    session: Session, device_id: str, identifier: str, replacement: ProfileEntry | None
+) -> None:
+    """The snapshot (and its hash) follow the rows, so the device reporting just that is no change."""
+    current = session.get(DeviceInventory, device_id)
+    if current is None:
+        return  # never reported: the first piece starts from the rows
+    profiles = [p for p in current.snapshot.get("profiles", ()) if p["identifier"] != identifier]
+    document = {**current.snapshot, "profiles": [*profiles, replacement] if replacement else profiles}
+    current.snapshot, current.content_hash = document, document_hash(document)
+    session.add(current)
+
+
+# --- Reading ---------------------------------------------------------------------------------------
 
 
 def installed_apps(session: Session, device_id: str) -> list[DeviceApp]:
     return list(session.exec(select(DeviceApp).where(DeviceApp.device_id == device_id).order_by(DeviceApp.identifier)))
+
+
+def reported_inventories(session: Session, device_ids: list[str]) -> dict[str, ReportedInventory]:
+    """Each device's merged inventory, typed, in two queries for the whole list; absent = never reported."""
+    in_list = col(DeviceProfile.device_id).in_(device_ids)
+    profiles: dict[str, dict[str, int | None]] = defaultdict(dict)
+    for device_id, identifier, version in session.exec(
+        select(DeviceProfile.device_id, DeviceProfile.identifier, DeviceProfile.version).where(in_list)
+    ):
+        profiles[device_id][identifier] = version
+    snapshots = session.exec(
+        select(DeviceInventory.device_id, DeviceInventory.snapshot).where(
+            col(DeviceInventory.device_id).in_(device_ids)
+        )
+    )
+    return {device_id: _typed(snapshot, profiles.get(device_id, {})) for device_id, snapshot in snapshots}
+
+
+def _typed(snapshot: dict[str, Any], profiles: dict[str, int | None]) -> ReportedInventory:
+    # The stored entries as they are, no copy: this is the hot loop of the nightly run (60 apps a device).
+    apps: dict[str, InstalledApp] = {app["identifier"]: app for app in snapshot.get("apps", ())}
+    return ReportedInventory(
+        os_version=snapshot.get("os_version"),
+        build=snapshot.get("build"),
+        passcode_set=snapshot.get("passcode_set"),
+        passcode_length=snapshot.get("passcode_length"),
+        encrypted=snapshot.get("encrypted"),
+        jailbroken=snapshot.get("jailbroken"),
+        malware_protection=_malware(snapshot.get("malware_protection")),
+        apps=apps,
+        profiles=profiles,
+    )
+
+
+def _malware(reported: dict[str, Any] | None) -> MalwareStatus | None:
+    if reported is None:
+        return None
+    updated = reported.get("definitions_updated_at")
+    # Stored by pydantic's JSON mode: ISO 8601, UTC written as "Z".
+    updated_at = datetime.fromisoformat(updated.replace("Z", "+00:00")) if updated else None
+    return MalwareStatus(enabled=bool(reported.get("enabled")), definitions_updated_at=updated_at)
