@@ -9,11 +9,14 @@ from sqlmodel import Session, col, select
 from mdm.access_policy.models import AccessRule
 from mdm.actor import Actor, Role
 from mdm.audit.service import record
+from mdm.commands import intents
+from mdm.commands.intents import intent_of
 from mdm.commands.models import Command, CommandType
 from mdm.desired_state import DeviceSelector
 from mdm.devices.models import Device
 from mdm.errors import Conflict, NotFound
 from mdm.ids import new_id, utcnow
+from mdm.inventory import service as inventory
 from mdm.inventory.models import DeviceApp
 from mdm.people.models import PersonGroup
 from mdm.sealing import Sealer
@@ -366,8 +369,15 @@ def get_app(session: Session, app_id: str) -> AppPublic:
 
 
 def on_command_result(session: Session, command: Command) -> None:
-    """Licences follow the device's answers: confirmed on install, back to the pool on failure, removal or leaving."""
-    if command.type == CommandType.InstallApplication.value:
+    """Profiles and licences follow the device's answers.
+
+    A profile counts as installed at the version its InstallProfile named once the device acknowledges
+    it, whatever the device later reports about versions (Apple's ProfileList carries none). Licences
+    are confirmed on install and go back to the pool on failure, removal or leaving.
+    """
+    if command.status == "acknowledged" and command.type in (CommandType.InstallProfile, CommandType.RemoveProfile):
+        _settle_profile(session, command)
+    elif command.type == CommandType.InstallApplication.value:
         _settle_install(session, command)
     elif command.type == CommandType.RemoveApplication.value and command.status == "acknowledged":
         _release_by_identifier(session, command.device_id, command.payload.get("identifier"))
@@ -376,6 +386,14 @@ def on_command_result(session: Session, command: Command) -> None:
         and command.status == "acknowledged"
     ):
         session.execute(delete(SchoolInstall).where(SchoolInstall.device_id == command.device_id))  # type: ignore[arg-type]
+
+
+def _settle_profile(session: Session, command: Command) -> None:
+    intent = intent_of(command)
+    if isinstance(intent, intents.InstallProfile):
+        inventory.record_profile_installed(session, command.device_id, intent.identifier, intent.version)
+    elif isinstance(intent, intents.RemoveProfile):
+        inventory.record_profile_removed(session, command.device_id, intent.identifier)
 
 
 def _settle_install(session: Session, command: Command) -> None:

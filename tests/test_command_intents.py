@@ -49,3 +49,25 @@ def test_a_profile_that_moved_on_before_delivery_is_withdrawn_not_sent(client, a
     assert "profile changed" in stored[0]["result_detail"]
     tablet.converge()
     assert tablet.profiles() == {"uk.sch.example.proxy": 2}
+
+
+def test_an_acknowledged_install_counts_at_its_version_whatever_the_device_reports(client, auth, tmp_path, database):
+    create_profile(client, auth, "uk.sch.example.proxy", [PROXY])
+    tablet = Tablet(client, auth, tmp_path, "T1")
+    [command] = tablet.agent.checkin()
+    tablet.agent.report(command["id"], "acknowledged")  # answered before its next inventory arrives
+
+    def reported() -> str:
+        desired = client.get(f"/api/v1/devices/{tablet.id}/desired-state", headers=auth(Role.technician)).json()
+        return {item["identifier"]: item["reported"] for item in desired["items"]}["uk.sch.example.proxy"]
+
+    assert reported() == "installed"
+    # A device that lists its profiles without versions (as Apple's ProfileList does) keeps version 1.
+    inventory = {"os_version": "17.5.1", "passcode_set": True, "encrypted": True, "apps": []}
+    path = f"/api/v1/devices/{tablet.id}/checkin"
+    body = {"inventory": {**inventory, "profiles": [{"identifier": "uk.sch.example.proxy"}]}}
+    assert tablet.agent.signed_request("POST", path, body).json()["commands"] == []
+    assert reported() == "installed"
+    # Once the device no longer lists it, it is missing again and queued again.
+    again = tablet.agent.signed_request("POST", path, {"inventory": {**inventory, "profiles": []}}).json()
+    assert [(c["type"], c["payload"]["version"]) for c in again["commands"]] == [("InstallProfile", 1)]

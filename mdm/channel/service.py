@@ -62,9 +62,14 @@ def _supersede_older_identities(session: Session, device: Device, proven: Device
     record(session, actor, "device.identity_confirmed", "device", device.id, summary)
 
 
-def report_inventory(session: Session, device: Device, inventory: Inventory, now: datetime) -> None:
-    """Stores what the device reported and reconciles it when that changed; it counts as a check-in."""
-    if store_inventory(session, device.id, inventory, now):
+def report_inventory(
+    session: Session, device: Device, inventory: Inventory, now: datetime, *, partial: bool = False
+) -> None:
+    """Stores what the device reported and reconciles it when that changed; it counts as a check-in.
+
+    `partial`: the report carries only some facts (Apple answers one query at a time); the rest stay.
+    """
+    if store_inventory(session, device.id, inventory, now, partial=partial):
         desired_state.devices_changed(session, device_ids=[device.id])
     devices.mark_checked_in(session, device, inventory.os_version, now)
 

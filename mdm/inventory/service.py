@@ -74,15 +74,15 @@ def _merged(
     session: Session, device_id: str, current: DeviceInventory | None, inventory: Inventory, partial: bool
 ) -> tuple[dict[str, Any], set[str]]:
     """The document to store, and the fields this report carried (all of them when it is whole)."""
-    if not partial:
-        return inventory.model_dump(mode="json"), set(Inventory.model_fields)
-    carried = inventory.model_fields_set
+    carried = inventory.model_fields_set if partial else set(Inventory.model_fields)
+    piece = inventory.model_dump(mode="json", include=carried if partial else None)
+    if not partial and all(profile["version"] is not None for profile in piece["profiles"]):
+        return piece, carried  # the agent's every check-in: nothing stored needs reading
     # Before the first report, what is known of the device is the profiles it acknowledged.
     stored = current.snapshot if current is not None else {"profiles": _acknowledged(session, device_id)}
-    piece = inventory.model_dump(mode="json", include=carried)
     if "profiles" in piece:
         piece["profiles"] = _keep_acknowledged_versions(piece["profiles"], stored.get("profiles", ()))
-    return {**stored, **piece}, carried
+    return ({**stored, **piece} if partial else piece), carried
 
 
 def _keep_acknowledged_versions(reported: list[ProfileEntry], stored: Iterable[ProfileEntry]) -> list[ProfileEntry]:
