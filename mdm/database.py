@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, create_engine, event, text
+from sqlalchemy import JSON, DateTime, Engine, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -220,11 +221,17 @@ def refresh_statistics(session: Session, *tables: str) -> None:
 
 def insert_ignoring_duplicates(session: Session, model: Any, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING on either database; True when the row was new."""
-    table = model.__table__
-    key = next(iter(table.primary_key.columns))
-    statement = _dialect_insert(session, table).values(**values).on_conflict_do_nothing().returning(key)
+    statement = _insert_ignoring(session.get_bind().dialect.name, model.__table__, tuple(sorted(values)))
     # RETURNING, not rowcount: SQLAlchemy reports no rowcount for INSERT unless asked, on either driver.
-    return session.execute(statement).first() is not None
+    return session.execute(statement, values).first() is not None
+
+
+@lru_cache(maxsize=64)
+def _insert_ignoring(dialect: str, table: Any, columns: tuple[str, ...]) -> Any:
+    # Built once per table and dialect: the device channel inserts a nonce on every check-in.
+    key = next(iter(table.primary_key.columns))
+    insert = _insert_for(dialect)(table).values({name: bindparam(name) for name in columns})
+    return insert.on_conflict_do_nothing().returning(key)
 
 
 def upsert(session: Session, model: Any, values: dict[str, Any]) -> None:
@@ -237,9 +244,13 @@ def upsert(session: Session, model: Any, values: dict[str, Any]) -> None:
 
 
 def _dialect_insert(session: Session, table: Any) -> Any:
+    return _insert_for(session.get_bind().dialect.name)(table)
+
+
+def _insert_for(dialect: str) -> Any:
     """The INSERT that knows ON CONFLICT: each database's own, the same clauses on both."""
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(table)
+    return dialect_insert

@@ -8,7 +8,7 @@ serialised by the caller (a row lock on the device), so two never take the same 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, update
+from sqlalchemy import Select, bindparam
 from sqlmodel import Session, col, select
 
 from mdm.actor import Actor
@@ -76,47 +76,35 @@ def open_commands(session: Session, device_id: str, command_type: CommandType | 
 def deliver_due(
     session: Session, device_id: str, now: datetime, redelivery_after: timedelta, limit: int = MAX_COMMANDS_PER_CHECKIN
 ) -> list[Command]:
-    """Marks up to `limit` due commands sent and returns them, oldest first."""
-    _expire(session, device_id, now)
-    due = list(session.exec(_due_statement(device_id, now, redelivery_after, limit)))
-    if due:
-        session.execute(
-            update(Command)
-            .where(col(Command.id).in_([c.id for c in due]))
-            .values(status=CommandStatus.sent.value, sent_at=now, deliveries=Command.deliveries + 1)
-            .execution_options(synchronize_session=False)
-        )
-        for command in due:
-            session.refresh(command)
+    """Marks up to `limit` due commands sent and returns them, oldest first; expired ones are closed.
+
+    One read of the device's open commands serves both: a converged device, the common case, has none,
+    so its check-in costs that single indexed read here and no write.
+    """
+    waiting = list(session.exec(_OPEN_FOR_DEVICE, params={"device_id": device_id}))  # type: ignore[call-overload]
+    expired = [c for c in waiting if c.expires_at is not None and c.expires_at <= now]
+    for command in expired:
+        command.status, command.answered_at = CommandStatus.expired.value, now
+        command.result_detail = "expired before the device ran it"
+    due = [c for c in waiting if c not in expired and _is_due(c, now, redelivery_after)][:limit]
+    for command in due:
+        command.status, command.sent_at, command.deliveries = CommandStatus.sent.value, now, command.deliveries + 1
+    session.add_all(expired + due)
     return due
 
 
-def _due_statement(device_id: str, now: datetime, redelivery_after: timedelta, limit: int) -> Select[Any]:
-    waiting = and_(
-        col(Command.status).in_([CommandStatus.queued.value, CommandStatus.not_now.value]),
-        or_(col(Command.not_before).is_(None), col(Command.not_before) <= now),
-    )
-    unanswered = and_(Command.status == CommandStatus.sent.value, col(Command.sent_at) <= now - redelivery_after)
-    return (
-        select(Command)
-        .where(Command.device_id == device_id, or_(waiting, unanswered))
-        .order_by(Command.id)
-        .limit(limit)
-    )
+# Built once: the check-in path runs it for every device, every time.
+_OPEN_FOR_DEVICE = (
+    select(Command)
+    .where(Command.device_id == bindparam("device_id"), col(Command.status).in_(OPEN_STATUSES))
+    .order_by(Command.id)
+)
 
 
-def _expire(session: Session, device_id: str, now: datetime) -> None:
-    session.execute(
-        update(Command)
-        .where(
-            Command.device_id == device_id,
-            col(Command.status).in_(OPEN_STATUSES),
-            col(Command.expires_at).is_not(None),
-            col(Command.expires_at) <= now,
-        )
-        .values(status=CommandStatus.expired.value, answered_at=now, result_detail="expired before the device ran it")
-        .execution_options(synchronize_session=False)
-    )
+def _is_due(command: Command, now: datetime, redelivery_after: timedelta) -> bool:
+    if command.status == CommandStatus.sent.value:  # delivered and not answered: again after the window
+        return command.sent_at is None or command.sent_at <= now - redelivery_after
+    return command.not_before is None or command.not_before <= now
 
 
 def _device_command(session: Session, device_id: str, command_id: str) -> Command:

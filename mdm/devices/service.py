@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, bindparam, insert, or_, update
+from sqlalchemy import Select, bindparam, insert, update
 from sqlmodel import Session, col, select
 
 from mdm import desired_state
@@ -354,25 +354,16 @@ def identity_candidates(session: Session, device_id: str) -> list[DeviceCertific
     someone else must not cut the real device off). The second newest is kept even when revoked, so a
     device whose identity was just superseded is told so (403), not that its signature is unknown.
     """
-    newest_two = (
-        select(DeviceCertificate.issued_at)
-        .where(DeviceCertificate.device_id == device_id)
-        .order_by(col(DeviceCertificate.issued_at).desc())
-        .limit(2)
-        .subquery()
-    )
-    statement = (
-        select(DeviceCertificate)
-        .where(
-            DeviceCertificate.device_id == device_id,
-            or_(
-                col(DeviceCertificate.revoked_at).is_(None),
-                col(DeviceCertificate.issued_at).in_(select(newest_two.c.issued_at)),
-            ),
-        )
-        .order_by(col(DeviceCertificate.issued_at).desc())
-    )
-    return list(session.exec(statement))
+    # A device has a handful of certificates (one per enrolment): read them all, choose here.
+    newest_first = list(session.exec(_CERTIFICATES_NEWEST_FIRST, params={"device_id": device_id}))  # type: ignore[call-overload]
+    return newest_first[:2] + [c for c in newest_first[2:] if c.revoked_at is None]
+
+
+_CERTIFICATES_NEWEST_FIRST = (
+    select(DeviceCertificate)
+    .where(DeviceCertificate.device_id == bindparam("device_id"))
+    .order_by(col(DeviceCertificate.issued_at).desc())
+)
 
 
 def revoke_certificates(session: Session, device_id: str, reason: str, *, keep: str | None = None) -> list[str]:

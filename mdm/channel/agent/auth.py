@@ -8,9 +8,10 @@ is refused too.
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from cryptography import x509
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete
 from sqlmodel import Session
 
 from mdm.channel import service as channel
@@ -18,6 +19,7 @@ from mdm.channel.agent.models import DeviceNonce
 from mdm.channel.agent.signature import (
     MAX_SKEW_SECONDS,
     SignatureError,
+    VerifyingKey,
     check_nonce_format,
     check_timestamp,
     verify_request_signature,
@@ -76,10 +78,9 @@ def _signing_certificate(candidates: list[DeviceCertificate], request: SignedReq
         raise unauthenticated("Unknown device, or a signature that does not verify.")
     detail = ""
     for certificate in candidates:
-        public_key = x509.load_pem_x509_certificate(certificate.certificate_pem.encode()).public_key()
         try:
             verify_request_signature(
-                public_key,
+                _public_key(certificate.certificate_pem),
                 request.signature,
                 request.method,
                 request.path,
@@ -94,13 +95,20 @@ def _signing_certificate(candidates: list[DeviceCertificate], request: SignedReq
     raise unauthenticated(f"Unknown device, or a signature that does not verify: {detail}")
 
 
+@lru_cache(maxsize=8192)
+def _public_key(certificate_pem: str) -> VerifyingKey:
+    """Parsing a certificate costs more than verifying a signature; a certificate's key never changes."""
+    return x509.load_pem_x509_certificate(certificate_pem.encode()).public_key()  # type: ignore[return-value]
+
+
+_STALE_NONCES = delete(DeviceNonce).where(
+    DeviceNonce.device_id == bindparam("device_id"),  # type: ignore[arg-type]
+    DeviceNonce.seen_at < bindparam("before"),  # type: ignore[arg-type,operator]
+)
+
+
 def _use_nonce(session: Session, request: SignedRequest, now: datetime) -> None:
-    session.execute(
-        delete(DeviceNonce).where(
-            DeviceNonce.device_id == request.device_id,  # type: ignore[arg-type]
-            DeviceNonce.seen_at < now - NONCE_RETENTION,  # type: ignore[arg-type,operator]
-        )
-    )
+    session.execute(_STALE_NONCES, {"device_id": request.device_id, "before": now - NONCE_RETENTION})
     fresh = insert_ignoring_duplicates(
         session, DeviceNonce, {"device_id": request.device_id, "nonce": request.nonce, "seen_at": now}
     )
