@@ -3,6 +3,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, StringConstraints
 from pydantic import Field as PydanticField
+from sqlalchemy import Text
 from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, Platform
@@ -26,6 +27,27 @@ class EnrollmentToken(SQLModel, table=True):
     note: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(sa_type=UtcDateTime)
     created_by: str = Field(max_length=250)
+
+
+class AppleIdentity(SQLModel, table=True):
+    """A device identity the SCEP server issued against an enrolment token, before and after a device claims it.
+
+    Apple devices get their certificate (SCEP) before they say who they are (Authenticate): the token's
+    category and person wait here, and the first Authenticate signed with this identity binds it to the
+    device's UDID (`device_id`, `udid`), once, under the same rules as an agent's enrolment.
+    """
+
+    __tablename__ = "apple_identity"
+
+    # Hex, as DeviceCertificate.serial_number: the two name the same certificate once it is bound.
+    serial_number: str = Field(primary_key=True, max_length=40)
+    certificate_pem: str = Field(sa_type=Text)
+    token_id: str = Field(foreign_key="enrollment_token.id", index=True, max_length=36)
+    issued_at: datetime = Field(sa_type=UtcDateTime)
+    not_after: datetime = Field(sa_type=UtcDateTime)
+    device_id: str | None = Field(default=None, foreign_key="device.id", index=True, max_length=36)
+    udid: str | None = Field(default=None, max_length=100)
+    bound_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class EnrollmentTokenCreate(Input):

@@ -44,6 +44,35 @@ class ProfileRenderer(Protocol):
 
 
 @dataclass(frozen=True)
+class AppleClaim:
+    """What an Apple device says about itself in its Authenticate message (keys some devices omit are None)."""
+
+    udid: str
+    serial: str | None = None
+    model: str | None = None
+    product_name: str | None = None
+    os_version: str | None = None
+    build: str | None = None
+    device_name: str | None = None
+
+
+class AppleEnrolment(Protocol):
+    """How the Apple adapter finishes an enrolment the SCEP server began (enrollment.service, wired by the bootstrap)."""
+
+    def bind(self, session: Session, certificate_serial: str, claim: AppleClaim) -> str:
+        """Authenticate, signed by an identity SCEP issued (serial in hex): binds it to the device; its id.
+
+        The token behind the identity decides category and person, under the agent's rebinding rules;
+        an identity already bound to another UDID, or a UDID bound to another live identity, is refused.
+        """
+        ...
+
+    def complete(self, session: Session, device_id: str) -> None:
+        """TokenUpdate: the device can be woken and managed; it is enrolled (audit, webhook, reconcile)."""
+        ...
+
+
+@dataclass(frozen=True)
 class Hooks:
     reconcile: Reconcile
     """Brings the selected devices' commands in line with their desired state (profiles' reconciler)."""

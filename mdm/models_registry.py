@@ -14,6 +14,7 @@ MODEL_MODULES = (
     "mdm.commands.models",
     "mdm.inventory.models",
     "mdm.channel.agent.models",
+    "mdm.channel.apple.models",
     "mdm.scheduler_models",
     "mdm.webhooks.models",
     "enrollment.models",

@@ -24,6 +24,13 @@ class DeviceState(StrEnum):
 MANAGED_STATES = (DeviceState.enrolled.value, DeviceState.exiting.value)
 
 
+class Protocol(StrEnum):
+    """How a device talks to the service: the reference agent's signed JSON, or Apple's MDM protocol."""
+
+    agent = "agent"
+    apple = "apple"
+
+
 class ComplianceStatus(StrEnum):
     compliant = "compliant"
     non_compliant = "non_compliant"
@@ -42,6 +49,7 @@ class Device(SQLModel, table=True):
     # NULL for devices that hide their serial (many personal Android devices); unique when known.
     serial: str | None = Field(default=None, max_length=100, unique=True)
     platform: str = Field(max_length=20)
+    protocol: str = Field(default=Protocol.agent.value, max_length=10)
     model: str | None = Field(default=None, max_length=200)
     name: str | None = Field(default=None, max_length=200)
     os_version: str | None = Field(default=None, max_length=50)
@@ -98,6 +106,7 @@ class DevicePublic(BaseModel):
     id: str
     serial: str | None
     platform: Platform
+    protocol: Protocol
     model: str | None
     name: str | None
     os_version: str | None
