@@ -21,7 +21,6 @@ from sqlmodel import Session, col, select
 from compliance.models import ComplianceHistory, ComplianceRule, ComplianceRun, Escalation, RulePublic, RuleUpdate
 from compliance.os_releases import service as os_releases
 from compliance.rules import REMEDIABLE, RULES, RULES_BY_ID, Evidence, OsCatalogue, evaluate
-from mdm import desired_state
 from mdm.csv_import import chunks
 from mdm.database import Database
 from mdm.devices import service as devices
@@ -280,7 +279,7 @@ def _run_batch(session: Session, batch: list[str], run_id: str, now: datetime, s
     counts["changed"] = len(history)
     counts["remediated"] = len(remediate)
     # What the reconciler can put right is queued again now; quarantines and releases move the Wi-Fi.
-    desired_state.devices_changed(session, device_ids=remediate + reconcile_now)
+    profiles.reconcile_devices(session, remediate + reconcile_now, catalogue)
     return counts
 
 

@@ -63,8 +63,9 @@ class RunSummary:
     cancelled: int = 0
 
 
-def reconcile(session: Session, selector: DeviceSelector) -> RunSummary:
-    catalogue = load_catalogue(session)
+def reconcile(session: Session, selector: DeviceSelector, catalogue: Catalogue | None = None) -> RunSummary:
+    """`catalogue`: one a caller loaded for many batches (the nightly run); read afresh otherwise."""
+    catalogue = catalogue or load_catalogue(session)
     summary = RunSummary()
     for batch in _device_batches(session, selector):
         facts = batch_facts(session, batch)

@@ -460,6 +460,16 @@ def desired_catalogue(session: Session) -> Catalogue:
     return load_catalogue(session)
 
 
+def reconcile_devices(session: Session, device_ids: list[str], catalogue: Catalogue) -> None:
+    """Reconciles these devices against a catalogue read earlier in the same run (the nightly remediation).
+
+    A profile changed since then reconciles every device itself, and a command queued for a version the
+    profile has left is withdrawn at delivery, so a catalogue a few minutes old queues nothing wrong.
+    """
+    if device_ids:
+        reconcile(session, DeviceSelector(device_ids=frozenset(device_ids)), catalogue)
+
+
 def desired_by_device(
     session: Session, device_ids: list[str], catalogue: Catalogue
 ) -> dict[str, tuple[list[ProfileSpec], list[AppSpec]]]:
