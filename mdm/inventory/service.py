@@ -18,9 +18,10 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import bindparam, delete, insert, update
 from sqlmodel import Session, col, select
 
 from mdm.database import upsert
@@ -53,16 +54,12 @@ def store_inventory(
 
     `partial`: only the fields the report carries (`inventory.model_fields_set`) replace what is stored.
     """
-    current = session.get(DeviceInventory, device_id)
-    document, carried = _merged(session, device_id, current, inventory, partial)
+    stored = _StoredInventory(session, device_id)
+    document, carried = _merged(session, stored, inventory, partial)
     digest = document_hash(document)
-    if current is not None and current.content_hash == digest:
+    if stored.content_hash == digest:
         return False
-    if current is None:
-        session.add(DeviceInventory(device_id=device_id, reported_at=now, content_hash=digest, snapshot=document))
-    else:
-        current.reported_at, current.content_hash, current.snapshot = now, digest, document
-        session.add(current)
+    stored.replace(document, digest, now)
     if "apps" in carried:
         _replace_apps(session, device_id, document["apps"])
     if "profiles" in carried:
@@ -70,8 +67,38 @@ def store_inventory(
     return True
 
 
+class _StoredInventory:
+    """A device's stored inventory, read as little as the report needs.
+
+    An unchanged whole report (every agent check-in, most of the day) is decided by the hash alone: the
+    snapshot, 60 apps of JSON, is read only when a piece must be merged into it.
+    """
+
+    def __init__(self, session: Session, device_id: str) -> None:
+        self._session, self.device_id = session, device_id
+        self.content_hash: str | None = session.execute(_STORED_HASH, {"device_id": device_id}).scalar_one_or_none()
+
+    @cached_property
+    def snapshot(self) -> dict[str, Any] | None:
+        if self.content_hash is None:
+            return None
+        return self._session.execute(_STORED_SNAPSHOT, {"device_id": self.device_id}).scalar_one()  # type: ignore[no-any-return]
+
+    def replace(self, document: dict[str, Any], digest: str, now: datetime) -> None:
+        values = {"reported_at": now, "content_hash": digest, "snapshot": document}
+        if self.content_hash is None:
+            self._session.execute(insert(DeviceInventory).values(device_id=self.device_id, **values))
+        else:
+            where = col(DeviceInventory.device_id) == self.device_id
+            self._session.execute(update(DeviceInventory).where(where).values(**values))
+
+
+_STORED_HASH = select(DeviceInventory.content_hash).where(DeviceInventory.device_id == bindparam("device_id"))
+_STORED_SNAPSHOT = select(DeviceInventory.snapshot).where(DeviceInventory.device_id == bindparam("device_id"))
+
+
 def _merged(
-    session: Session, device_id: str, current: DeviceInventory | None, inventory: Inventory, partial: bool
+    session: Session, stored: _StoredInventory, inventory: Inventory, partial: bool
 ) -> tuple[dict[str, Any], set[str]]:
     """The document to store, and the fields this report carried (all of them when it is whole)."""
     carried = inventory.model_fields_set if partial else set(Inventory.model_fields)
@@ -79,10 +106,10 @@ def _merged(
     if not partial and all(profile["version"] is not None for profile in piece["profiles"]):
         return piece, carried  # the agent's every check-in: nothing stored needs reading
     # Before the first report, what is known of the device is the profiles it acknowledged.
-    stored = current.snapshot if current is not None else {"profiles": _acknowledged(session, device_id)}
+    known = stored.snapshot if stored.snapshot is not None else {"profiles": _acknowledged(session, stored.device_id)}
     if "profiles" in piece:
-        piece["profiles"] = _keep_acknowledged_versions(piece["profiles"], stored.get("profiles", ()))
-    return ({**stored, **piece} if partial else piece), carried
+        piece["profiles"] = _keep_acknowledged_versions(piece["profiles"], known.get("profiles", ()))
+    return ({**known, **piece} if partial else piece), carried
 
 
 def _keep_acknowledged_versions(reported: list[ProfileEntry], stored: Iterable[ProfileEntry]) -> list[ProfileEntry]:
@@ -138,7 +165,7 @@ def _update_snapshot_profiles(
     session: Session, device_id: str, identifier: str, replacement: ProfileEntry | None
 ) -> None:
     """The snapshot (and its hash) follow the rows, so the device reporting just that is no change."""
-    current = session.get(DeviceInventory, device_id)
+    current = session.get(DeviceInventory, device_id, populate_existing=True)  # reports are written with Core
     if current is None:
         return  # never reported: the first piece starts from the rows
     profiles = [p for p in current.snapshot.get("profiles", ()) if p["identifier"] != identifier]
