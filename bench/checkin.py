@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from bench.databases import fresh_database
+from mdm import local_server
 from mdm.agent import AgentClient, AgentState
 from mdm.agent.inventory import App
 from mdm.migrate import upgrade
@@ -81,27 +82,16 @@ def hammer(workers: list[Callable[[], None]], seconds: float) -> Load:
 
 @contextmanager
 def serving(folder: Path, database_url: str) -> Iterator[str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MDM_DATA_DIR": str(folder / "data"),
-        "MDM_DATABASE_URL": database_url,
-        "MDM_SCHEDULER": "off",
-        "MDM_PORT": str(port),
-        "MDM_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "MDM_RATE_LIMITS": "off",  # the benchmark is one address enrolling hundreds of devices a second
-        "MDM_LOG_LEVEL": "WARNING",
-    }
-    log = (folder / "server.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "mdm", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    port = local_server.free_port()
+    # The benchmark is one address enrolling hundreds of devices a second; its logs would be noise.
+    quiet = {"MDM_RATE_LIMITS": "off", "MDM_LOG_LEVEL": "WARNING"}
+    process = local_server.start(folder / "data", database_url, port, folder / "server.log", quiet)
     try:
-        _wait_until_ready(url, process)
+        url = f"http://127.0.0.1:{port}"
+        local_server.wait_until_ready(url, process)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        local_server.stop(process)
 
 
 def admin_token(folder: Path, database_url: str) -> str:
@@ -168,25 +158,3 @@ def _enrolling(http: httpx.Client, base: str, folder: Path, token: str, worker: 
         device.checkin()  # the first commands
 
     return work
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_until_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mdm serve exited with {process.returncode}; see its log")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("mdm serve was not ready within 60 s")

@@ -20,8 +20,6 @@ from mdm.private_files import private_dir
 from mdm.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # imported when a command needs it: it loads every domain, which `mdm agent` never does
-    import subprocess
-
     from mdm.bootstrap import Runtime
 
 app = typer.Typer(
@@ -841,9 +839,9 @@ def demo(
       mdm demo --devices 50 --people 40 --exit
     """
     import shutil
-    import subprocess
     import tempfile
 
+    from mdm import local_server
     from mdm.auth.models import TokenCreate
     from mdm.auth.service import create_token
     from mdm.migrate import upgrade
@@ -853,16 +851,21 @@ def demo(
     if data_dir is not None and data_dir.exists() and any(data_dir.iterdir()):
         _fail(f"{data_dir} is not empty: the demo builds its school in a new or empty folder.", code=2)
     folder = data_dir or Path(tempfile.mkdtemp(prefix="mdm-demo-"))
-    port = port or _free_port()
+    port = port or local_server.free_port()
     url = f"http://127.0.0.1:{port}"
     settings = Settings(data_dir=folder, database_url=f"sqlite:///{folder / 'mdm.sqlite3'}", scheduler="off")
     private_dir(settings.data_dir)
     upgrade(settings.resolved_database_url)
     with _database(settings) as database, database.writing() as session:
         admin_token = create_token(session, TokenCreate(name="demo admin", role=Role.admin), cli_actor()).token
-    server = _serve_in_background(settings, port, devices)
+    # Every demo device enrols from this one address, as a whole school behind its NAT would.
+    limits = {"MDM_ENROLL_ATTEMPTS_PER_ADDRESS": str(max(300, 2 * devices))}
+    server = local_server.start(folder, settings.resolved_database_url, port, folder / "server.log", limits)
     try:
-        _wait_until_ready(url, server)
+        try:
+            local_server.wait_until_ready(url, server)
+        except RuntimeError as exc:
+            _fail(f"the demo's server did not start: {exc}; see server.log in {folder}.")
         try:
             school = build_demo_school(url, admin_token, people, devices, sys.stderr)
         except SimulationError as exc:
@@ -877,59 +880,9 @@ def demo(
     except KeyboardInterrupt:
         err.print("Stopping the demo.", highlight=False)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        local_server.stop(server)
         if data_dir is None:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _serve_in_background(settings: Settings, port: int, devices: int) -> "subprocess.Popen[bytes]":
-    """`mdm serve` for the demo, on loopback, its log in the data directory."""
-    import os
-    import subprocess
-
-    env = {
-        **os.environ,
-        "MDM_DATA_DIR": str(settings.data_dir),
-        "MDM_DATABASE_URL": settings.resolved_database_url,
-        "MDM_SCHEDULER": "off",
-        "MDM_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        # Every demo device enrols from this one address, as a whole school behind its NAT would.
-        "MDM_ENROLL_ATTEMPTS_PER_ADDRESS": str(max(300, 2 * devices)),
-    }
-    log = (settings.data_dir / "server.log").open("wb")
-    command = [sys.executable, "-m", "mdm", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    # This interpreter and arguments built here.
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-
-
-def _wait_until_ready(url: str, server: "subprocess.Popen[bytes]", timeout: float = 60) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            _fail(f"the demo's server stopped at start (exit {server.returncode}); see server.log in its data folder.")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    _fail(f"the demo's server was not ready within {timeout:.0f} s.")
 
 
 def main() -> None:

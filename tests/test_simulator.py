@@ -115,8 +115,11 @@ def test_simulated_fleet_enrols_obeys_and_its_drift_shows_up_non_compliant(serve
     _run_compliance(api)
 
     by_serial = {d["serial"]: d["compliance"]["status"] for d in _devices(api)}
-    assert {s for s, status in by_serial.items() if status == "non_compliant"} == drifting
-    assert {s for s, status in by_serial.items() if status == "compliant"} == set(by_serial) - drifting
+    # A removed proxy was put back in the last round, and an acknowledged InstallProfile is the fact the
+    # service goes by until the device reports again; every other drift shows in the last report.
+    repaired = {spec.serial for spec in plan_fleet(10) if spec.drift == "removed_proxy"}
+    assert {s for s, status in by_serial.items() if status == "non_compliant"} == drifting - repaired
+    assert {s for s, status in by_serial.items() if status == "compliant"} == set(by_serial) - (drifting - repaired)
 
 
 def test_given_enrolment_tokens_set_the_mix_and_refusals_are_counted_errors(server, api):
@@ -157,7 +160,8 @@ def test_demo_runs_a_small_school_end_to_end(tmp_path):
     non_compliant = re.search(r"compliance: \d+ compliant, (\d+) non-compliant, \d+ unknown", out)
     assert drifting, out
     assert non_compliant, out
-    assert int(non_compliant[1]) == int(drifting[1]) > 0
+    # Drifting devices are non-compliant, except a proxy the last round put back (acknowledged, so installed).
+    assert 0 < int(non_compliant[1]) <= int(drifting[1])
     assert len(re.findall(r"^  leaver .+: (completed|completed_with_exceptions|in_progress)", out, re.MULTILINE)) == 5
     assert re.search(r"http://127\.0\.0\.1:\d+/docs", out)
     assert "/api/v1/devices?compliance=non_compliant" in out
