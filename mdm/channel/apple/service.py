@@ -33,6 +33,7 @@ log = logging.getLogger("mdm.channel.apple")
 
 RESULTS = {"Acknowledged": "acknowledged", "Error": "error", "CommandFormatError": "error", "NotNow": "not_now"}
 QUERY_CREATOR = "apple-inventory"
+APP_CHANGES = (CommandType.InstallApplication.value, CommandType.RemoveApplication.value)
 # Bounds the commands withdrawn in one connect before one is sent (stale profiles, say).
 MAX_WITHDRAWN_PER_CONNECT = 20
 
@@ -151,6 +152,9 @@ def _recorded(session: Session, device: Device, report: Report, now: datetime) -
         # to stop the device's session either; its next command is still due.
         log.info("apple device %s answered an unknown command %s: %s", device.id, report.command_uuid, exc)
         return False
+    if status == "acknowledged" and command.type in APP_CHANGES:
+        # The inventory must show the app managed (or gone) before the reconciler and an exit can rely on it.
+        queue_inventory_queries(session, [device.id], only=(queries.INSTALLED_APPS, queries.MANAGED_APPS))
     if command.type != CommandType.QueryInventory.value or status != "acknowledged":
         return False
     return _merge_answer(session, device, command, report, now)
@@ -194,8 +198,8 @@ def _not_sent(session: Session, command: Command, intent: Any, reason: str, now:
 # --- Inventory queries ------------------------------------------------------------------------------
 
 
-def queue_inventory_queries(session: Session, device_ids: list[str]) -> int:
-    """Queues each inventory query a device has no open command for; returns how many were queued."""
+def queue_inventory_queries(session: Session, device_ids: list[str], only: tuple[str, ...] = queries.QUERIES) -> int:
+    """Queues each inventory query (of `only`) a device has no open command for; returns how many were queued."""
     if not device_ids:
         return 0
     open_targets = set(
@@ -209,7 +213,7 @@ def queue_inventory_queries(session: Session, device_ids: list[str]) -> int:
     )
     queued = 0
     for device_id in device_ids:
-        for query in queries.QUERIES:
+        for query in only:
             if (device_id, query_target(query)) in open_targets:
                 continue
             commands.queue_command(
