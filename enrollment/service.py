@@ -4,10 +4,13 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from sqlmodel import Session, col, select
 
 from enrollment.ca import CertificateAuthority, CSRError
 from enrollment.models import (
+    AppleIdentity,
     EnrollmentToken,
     EnrollmentTokenCreate,
     EnrollmentTokenCreated,
@@ -19,12 +22,13 @@ from mdm import desired_state
 from mdm.access_policy import service as access_policy
 from mdm.actor import Actor
 from mdm.audit.service import record
-from mdm.categories import PERSONAL, SCHOOL_OWNED, Category
+from mdm.categories import PERSONAL, SCHOOL_OWNED, Category, Platform
 from mdm.commands import service as commands
 from mdm.commands.models import Command, CommandType
 from mdm.devices import service as devices
-from mdm.devices.models import Device, DeviceState
+from mdm.devices.models import Device, DeviceState, Protocol
 from mdm.errors import Conflict, Invalid, NotFound, ProblemError
+from mdm.hooks import AppleClaim
 from mdm.ids import new_id, utcnow
 from mdm.pagination import Page, PageParams, paginate
 from mdm.people import service as people
@@ -325,3 +329,189 @@ def on_command_result(session: Session, command: Command) -> None:
     actor = Actor(kind="device", id=device.id, name=device.id)
     summary = {"command_id": command.id, "state": state.value, "certificates": serials, "crl_number": crl_number}
     record(session, actor, f"device.{reason.replace(' ', '_').lower()}", "device", device.id, summary)
+
+
+# --- Apple devices: binding the identity SCEP issued, at Authenticate -------------------------------
+
+PLATFORM_PREFIXES = (("iPad", Platform.ipados), ("iPhone", Platform.ios), ("iPod", Platform.ios))
+
+
+def _apple_platform(claim: AppleClaim) -> Platform:
+    """From ProductName (iPad8,1; iPhone14,2; MacBookPro18,1; iMac14,2): a device that says nothing is a Mac."""
+    product = claim.product_name or claim.model or ""
+    return next((platform for prefix, platform in PLATFORM_PREFIXES if product.startswith(prefix)), Platform.macos)
+
+
+class AppleEnrolments:
+    """Finishes an Apple device's enrolment (mdm.hooks.AppleEnrolment): SCEP issued the identity against a
+    token; the device's first Authenticate says who it is, under the agent's enrolment rules; its
+    TokenUpdate makes it manageable, so only then is it enrolled."""
+
+    def bind(self, session: Session, certificate_serial: str, claim: AppleClaim) -> str:
+        identity = _apple_identity(session, certificate_serial)
+        if identity.udid is not None:
+            if identity.udid != claim.udid:
+                raise ProblemError(401, "This identity belongs to another device; each device enrols with its own.")
+            return identity.device_id  # type: ignore[return-value]  # Authenticate again: nothing changes
+        token = session.exec(
+            select(EnrollmentToken).where(EnrollmentToken.id == identity.token_id).with_for_update()
+        ).one()
+        if token.revoked_at is not None:
+            raise ProblemError(403, "The enrolment token behind this identity has been revoked. Ask IT for a new one.")
+        category = Category(token.category)
+        _check_apple_policy(session, category)
+        device = _apple_device_to_bind(session, claim, token)
+        previous_state = device.state if device else None
+        device = _bind_apple_device(session, device, claim, token, category)
+        certificate = x509.load_pem_x509_certificate(identity.certificate_pem.encode())
+        devices.add_certificate(
+            session,
+            device.id,
+            identity.certificate_pem,
+            certificate.serial_number,
+            certificate.fingerprint(hashes.SHA256()).hex(),
+            identity.not_after,
+        )
+        identity.device_id, identity.udid, identity.bound_at = device.id, claim.udid, utcnow()
+        session.add(identity)
+        actor = Actor(kind="enrolment-token", id=token.id, name=token.id)
+        summary = {
+            "udid": claim.udid,
+            "serial": device.serial,
+            "category": category.value,
+            "previous_state": previous_state,
+            "certificate_serial": identity.serial_number,
+        }
+        record(session, actor, "device.apple_authenticate", "device", device.id, summary)
+        return device.id
+
+    def complete(self, session: Session, device_id: str) -> None:
+        device = devices.lock_for_update(session, device_id)
+        if device.state != DeviceState.registered.value:
+            return  # a later TokenUpdate (a new push token) enrols nothing again
+        now = utcnow()
+        device.state, device.enrolled_at, device.updated_at = DeviceState.enrolled.value, now, now
+        session.add(device)
+        actor = Actor(kind="device", id=device.id, name=device.id)
+        summary = {
+            "serial": device.serial,
+            "platform": device.platform,
+            "category": device.category,
+            "protocol": "apple",
+        }
+        record(session, actor, "device.enroll", "device", device.id, summary)
+        desired_state.devices_changed(session, device_ids=[device.id])
+        webhooks.emit(
+            session,
+            "device.enrolled",
+            {
+                "device_id": device.id,
+                "serial": device.serial,
+                "category": device.category,
+                "person_id": device.person_id,
+            },
+        )
+
+    def check_out(self, session: Session, device_id: str) -> None:
+        device = devices.lock_for_update(session, device_id)
+        # The device deleted its identity with the profile: nobody may sign with it any more.
+        serials = devices.revoke_certificates(session, device.id, "MDM profile removed on the device (CheckOut)")
+        personal = Category(device.category) in PERSONAL
+        if personal:
+            devices.set_state(session, device, DeviceState.retired)
+            commands.cancel_all_open(session, device.id, "not run: the MDM profile was removed on the device")
+        actor = Actor(kind="device", id=device.id, name=device.id)
+        summary = {"state": device.state, "certificates": serials, "crl_number": devices.current_crl_number(session)}
+        record(session, actor, "device.checked_out", "device", device.id, summary)
+        if not personal:
+            webhooks.emit(
+                session,
+                "device.unenrolled",
+                {"device_id": device.id, "serial": device.serial, "category": device.category, "reason": "CheckOut"},
+            )
+
+
+def _apple_identity(session: Session, certificate_serial: str) -> AppleIdentity:
+    statement = select(AppleIdentity).where(AppleIdentity.serial_number == certificate_serial).with_for_update()
+    identity = session.exec(statement.execution_options(populate_existing=True)).first()
+    if identity is None:
+        raise ProblemError(
+            401, "This certificate was not issued to enrol an Apple device: install the enrolment profile."
+        )
+    return identity
+
+
+def _check_apple_policy(session: Session, category: Category) -> None:
+    if not access_policy.get_rule(session, category).allowed:
+        raise ProblemError(
+            403,
+            f"The school's access policy does not allow {category.value.replace('_', ' ')} devices in school, "
+            "so this device cannot be enrolled.",
+        )
+
+
+def _apple_device_to_bind(session: Session, claim: AppleClaim, token: EnrollmentToken) -> Device | None:
+    """The device this UDID (or, the first time, this serial) already is, locked and checked as the agent's."""
+    device_id = session.exec(
+        select(AppleIdentity.device_id)
+        .where(AppleIdentity.udid == claim.udid, col(AppleIdentity.device_id).is_not(None))
+        .order_by(col(AppleIdentity.bound_at).desc())
+    ).first()
+    if device_id is None and claim.serial:
+        found = devices.find_by_serial(session, claim.serial.upper())
+        device_id = found.id if found else None
+    if device_id is None:
+        return None
+    device = devices.lock_for_update(session, device_id)
+    _check_rebinding(device, token)
+    _refuse_a_second_live_identity(session, device)
+    return device
+
+
+def _refuse_a_second_live_identity(session: Session, device: Device) -> None:
+    """An enrolled device keeps the identity it enrolled with: another Authenticate for it is refused.
+
+    A device still `registered` (it authenticated but never sent TokenUpdate, e.g. the profile failed to
+    install) may start again: its unfinished identity is revoked. A device that really was reset is
+    revoked by IT first (POST /api/v1/devices/{id}/revoke), which lets it enrol again.
+    """
+    now = utcnow()
+    live = [c for c in devices.identity_candidates(session, device.id) if c.revoked_at is None and c.not_after > now]
+    if not live:
+        return
+    if device.state == DeviceState.registered.value:
+        devices.revoke_certificates(session, device.id, "superseded: the device authenticated again before enrolling")
+        return
+    raise Conflict(
+        "This device is already enrolled with another identity. If it was reset, revoke it first "
+        f"(POST /api/v1/devices/{device.id}/revoke) and enrol it again."
+    )
+
+
+def _bind_apple_device(
+    session: Session, device: Device | None, claim: AppleClaim, token: EnrollmentToken, category: Category
+) -> Device:
+    now = utcnow()
+    if device is None:
+        taken = claim.serial and devices.find_by_serial(session, claim.serial.upper())
+        device = Device(
+            id=new_id(),
+            serial=claim.serial.upper() if claim.serial and not taken else None,
+            platform=_apple_platform(claim).value,
+            category=category.value,
+            state=DeviceState.registered.value,
+            created_at=now,
+            updated_at=now,
+        )
+    device.protocol = Protocol.apple.value
+    device.platform = _apple_platform(claim).value
+    device.model = claim.product_name or claim.model or device.model
+    device.name = claim.device_name or device.name
+    device.os_version = claim.os_version or device.os_version
+    device.category = category.value
+    device.person_id = token.person_id or (device.person_id if category in SCHOOL_OWNED else None)
+    device.state = DeviceState.registered.value  # enrolled at TokenUpdate, once it can be woken
+    device.updated_at = now
+    session.add(device)
+    session.flush()
+    return device

@@ -23,6 +23,7 @@ from mdm.auth.api import router as tokens_router
 from mdm.bootstrap import bootstrap
 from mdm.channel.agent import jobs as channel_jobs
 from mdm.channel.agent.api import router as channel_router
+from mdm.channel.apple.api import router as apple_router
 from mdm.commands.api import router as commands_router
 from mdm.database import Database
 from mdm.devices.api import router as devices_router
@@ -58,6 +59,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     devices_router,
     commands_router,
     channel_router,
+    apple_router,
     enrollment_router,
     profiles_router,
     exit_router,

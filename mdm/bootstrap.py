@@ -30,7 +30,9 @@ class Runtime:
 
     def __init__(self, settings: Settings, database: Database) -> None:
         self.settings = settings
-        self.database = database.with_hooks(domain_hooks(lambda: self.sealer))
+        self.database = database.with_hooks(
+            domain_hooks(lambda: self.sealer, lambda: self.profile_signer, lambda: self.ca.certificate_pem)
+        )
 
     @cached_property
     def sealer(self) -> Sealer:
@@ -48,8 +50,11 @@ class Runtime:
         self.database.dispose()
 
 
-def domain_hooks(sealer: Callable[[], Sealer]) -> Hooks:
-    """How the domains answer the core: the reconciler, who hears a device's answer (in order), and profiles' content."""
+def domain_hooks(
+    sealer: Callable[[], Sealer], profile_signer: Callable[[], ProfileSigner], ca_certificate_pem: Callable[[], str]
+) -> Hooks:
+    """How the domains answer the core: the reconciler, who hears a device's answer (in order), profiles'
+    content, and the enrolment of Apple devices. The keys are passed lazily: read when first used."""
     return Hooks(
         reconcile=reconciler.reconcile,
         result_listeners=(
@@ -57,7 +62,8 @@ def domain_hooks(sealer: Callable[[], Sealer]) -> Hooks:
             profiles_service.on_command_result,
             exit_flows.on_command_result,  # last: it reads what the others settled
         ),
-        profiles=profiles_service.DeviceProfiles(sealer),
+        profiles=profiles_service.DeviceProfiles(sealer, profile_signer, ca_certificate_pem),
+        apple_enrolment=enrollment_service.AppleEnrolments(),
     )
 
 

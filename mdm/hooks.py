@@ -42,6 +42,22 @@ class ProfileRenderer(Protocol):
         """The agent's InstallProfile payload, secrets included; None when the profile is no longer at `version`."""
         ...
 
+    def apple_mobileconfig(self, session: Session, identifier: str, version: int) -> bytes | None:
+        """The signed `.mobileconfig` for an Apple device, secrets included; None when no longer at `version`."""
+        ...
+
+    def apple_app(self, session: Session, identifier: str) -> "AppleAppSource | None":
+        """Where an Apple device installs a catalogue app from; None when the catalogue no longer has it."""
+        ...
+
+
+@dataclass(frozen=True)
+class AppleAppSource:
+    """An app's App Store id or the URL of its manifest (in-house apps); neither means Apple cannot install it."""
+
+    itunes_store_id: int | None
+    manifest_url: str | None
+
 
 @dataclass(frozen=True)
 class AppleClaim:
@@ -71,6 +87,11 @@ class AppleEnrolment(Protocol):
         """TokenUpdate: the device can be woken and managed; it is enrolled (audit, webhook, reconcile)."""
         ...
 
+    def check_out(self, session: Session, device_id: str) -> None:
+        """CheckOut: the MDM profile was removed on the device. A personal device leaves management
+        (retired, identities revoked); a school device stays as it is and a technician is told."""
+        ...
+
 
 @dataclass(frozen=True)
 class Hooks:
@@ -80,6 +101,8 @@ class Hooks:
     """Called in order, in the same transaction, with each command a device answered."""
     profiles: ProfileRenderer
     """Renders the profiles that InstallProfile intents name, when a device collects them."""
+    apple_enrolment: AppleEnrolment
+    """Binds the identities the SCEP server issued to the Apple devices that present them."""
 
 
 class HooksMissing(RuntimeError):

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str | None = None
     # Records in one CSV import (people, devices, leavers); a bigger file is refused with 413, to be split.
     import_max_rows: int = Field(200_000, ge=1)
+    # Behind a TLS proxy that checks Apple devices' client certificates and passes them on in RFC 9440's
+    # Client-Cert header: only then may that header stand in for the Mdm-Signature (anyone can send it).
+    trust_client_cert_header: bool = False
     log_json: bool = False
     log_level: str = "INFO"
 

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, StringConstraints, model_validator
 from pydantic import Field as PydanticField
-from sqlalchemy import Column, Index
+from sqlalchemy import BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, NetworkAccess, Platform
@@ -52,6 +52,9 @@ class App(SQLModel, table=True):
     licences_total: int = 0
     min_version: str | None = Field(default=None, max_length=50)
     age_rating: int | None = None
+    # Where an Apple device installs it from: the App Store, or an in-house app's manifest.
+    itunes_store_id: int | None = Field(default=None, sa_type=BigInteger)
+    manifest_url: str | None = Field(default=None, max_length=2000)
     created_at: datetime = Field(sa_type=UtcDateTime)
     updated_at: datetime = Field(sa_type=UtcDateTime)
     deleted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
@@ -131,6 +134,16 @@ class LicenceKind(StrEnum):
     free = "free"
 
 
+ItunesStoreId = Annotated[
+    int, PydanticField(ge=1, le=2**53, description="The app's App Store id, for Apple devices to install it.")
+]
+ManifestUrl = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=2000, pattern=r"^https://[^\s]+$"),
+    PydanticField(description="An in-house app's manifest (https), for Apple devices to install it."),
+]
+
+
 class AppCreate(Input):
     identifier: Identifier
     name: Name
@@ -143,6 +156,8 @@ class AppCreate(Input):
         default_factory=list, description="Narrows required_for to people in these groups."
     )
     age_rating: int | None = PydanticField(None, ge=0, le=21)
+    itunes_store_id: ItunesStoreId | None = None
+    manifest_url: ManifestUrl | None = None
 
     @model_validator(mode="after")
     def _pool_for_school_licences(self) -> "AppCreate":
@@ -160,8 +175,10 @@ class AppUpdate(Input):
     required_for: list[Category] | None = None
     required_groups: list[GroupName] | None = None
     age_rating: int | None = PydanticField(None, ge=0, le=21)
+    itunes_store_id: ItunesStoreId | None = None
+    manifest_url: ManifestUrl | None = None
 
-    # min_version and age_rating may be cleared with null; the rest always has a value.
+    # min_version, age_rating and the Apple sources may be cleared with null; the rest always has a value.
     _not_null = not_null("name", "licences_total", "required_for", "required_groups")
 
 
@@ -178,6 +195,8 @@ class AppPublic(BaseModel):
     required_for: list[Category]
     required_groups: list[str]
     age_rating: int | None
+    itunes_store_id: int | None = None
+    manifest_url: str | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -15,6 +15,7 @@ from mdm.commands.models import Command, CommandType
 from mdm.desired_state import DeviceSelector
 from mdm.devices.models import Device
 from mdm.errors import Conflict, NotFound
+from mdm.hooks import AppleAppSource
 from mdm.ids import new_id, utcnow
 from mdm.inventory import service as inventory
 from mdm.inventory.models import DeviceApp
@@ -53,14 +54,39 @@ class DeviceProfiles:
     the current one), so a device never installs content that its command's version does not name.
     """
 
-    def __init__(self, sealer: Callable[[], Sealer]) -> None:
-        self._sealer = sealer  # the data directory's key, read the first time a secret is opened
+    def __init__(
+        self,
+        sealer: Callable[[], Sealer],
+        signer: Callable[[], Any] | None = None,
+        ca_certificate_pem: Callable[[], str] | None = None,
+    ) -> None:
+        # The data directory's keys, read the first time a secret is opened or a profile signed.
+        self._sealer = sealer
+        self._signer = signer
+        self._ca_certificate_pem = ca_certificate_pem
 
     def agent_payload(self, session: Session, identifier: str, version: int) -> dict[str, Any] | None:
         profile = _current_profile(session, identifier)
         if profile is None or profile.version != version:
             return None
         return stored_payloads.agent_payload(profile, self._sealer())
+
+    def apple_mobileconfig(self, session: Session, identifier: str, version: int) -> bytes | None:
+        profile = _current_profile(session, identifier)
+        if profile is None or profile.version != version:
+            return None
+        if self._signer is None or self._ca_certificate_pem is None:
+            raise RuntimeError("DeviceProfiles was built without a profile signer: wire it in mdm.bootstrap.")
+        device = Actor(kind="device", id=identifier, name="device")  # the device itself: secrets revealed, not audited
+        return signed_mobileconfig(session, profile, device, self._sealer(), self._signer(), self._ca_certificate_pem())
+
+    def apple_app(self, session: Session, identifier: str) -> AppleAppSource | None:
+        rows = session.exec(
+            select(App.itunes_store_id, App.manifest_url)
+            .where(App.identifier == identifier, col(App.deleted_at).is_(None))
+            .order_by(col(App.itunes_store_id).is_(None), col(App.manifest_url).is_(None))
+        ).first()
+        return None if rows is None else AppleAppSource(itunes_store_id=rows[0], manifest_url=rows[1])
 
 
 def _current_profile(session: Session, identifier: str) -> Profile | None:
@@ -286,6 +312,8 @@ def app_public(session: Session, app: App) -> AppPublic:
         required_for=scope["category"],
         required_groups=scope["group"],  # type: ignore[arg-type]
         age_rating=app.age_rating,
+        itunes_store_id=app.itunes_store_id,
+        manifest_url=app.manifest_url,
         created_at=app.created_at,
         updated_at=app.updated_at,
     )
@@ -311,6 +339,8 @@ def create_app(session: Session, data: AppCreate, actor: Actor) -> AppPublic:
         licences_total=data.licences_total or 0,
         min_version=data.min_version,
         age_rating=data.age_rating,
+        itunes_store_id=data.itunes_store_id,
+        manifest_url=data.manifest_url,
         created_at=now,
         updated_at=now,
     )
@@ -332,7 +362,7 @@ def update_app(session: Session, app_id: str, data: AppUpdate, actor: Actor) -> 
                 f"{assigned} licences are in use; remove the app from devices before shrinking the pool below that."
             )
         app.licences_total = data.licences_total or 0
-    for name in ("name", "min_version", "age_rating"):
+    for name in ("name", "min_version", "age_rating", "itunes_store_id", "manifest_url"):
         if name in changes:
             setattr(app, name, changes[name])
     if "required_for" in changes or "required_groups" in changes:

@@ -331,3 +331,34 @@ def _check_entry(key: Any, item: Any, spec: KeySpec | None, path: str) -> list[s
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+# Commands (mdm/commands/*.yaml): `payload.requesttype` names the command, `payloadkeys` its keys
+
+
+def _commands_dir() -> Path:
+    return require_fixtures() / "mdm" / "commands"
+
+
+@cache
+def _command_schemas(commands: Path) -> dict[str, tuple[KeySpec, ...]]:
+    """Each RequestType's keys, read once from every command schema file."""
+    schemas: dict[str, tuple[KeySpec, ...]] = {}
+    for source in sorted(commands.glob("*.yaml")):
+        document = yaml.safe_load(source.read_text(encoding="utf-8"))
+        request_type = document.get("payload", {}).get("requesttype")
+        if request_type:
+            schemas[request_type] = tuple(_compile_keys(document.get("payloadkeys") or [], {}, request_type))
+    return schemas
+
+
+def validate_command(command: Mapping[str, Any]) -> list[str]:
+    """Problems with a command dictionary ({RequestType, ...}) against its command schema; [] if valid."""
+    if not isinstance(command, Mapping):
+        return [f"command: expected dictionary, got {type(command).__name__}"]
+    request_type = command.get("RequestType")
+    schemas = _command_schemas(_commands_dir())
+    if request_type not in schemas:
+        return [f"command: no schema for RequestType {request_type!r} in {_commands_dir()}"]
+    keys = {name: value for name, value in command.items() if name != "RequestType"}
+    return [f"{request_type}: {problem}" for problem in _check_dictionary(keys, list(schemas[request_type]), "")]

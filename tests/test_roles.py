@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from mdm.actor import Role
 from mdm.app import create_app
 from mdm.channel.agent.dependencies import DeviceSignature
+from mdm.channel.apple.dependencies import AppleSignature
 from mdm.dependencies import RequireRoles
 
 # Deliberately open: health for load balancers, the OpenAPI document and its viewers, enrolment (the
@@ -54,8 +55,8 @@ def _concrete(path: str) -> str:
 
 
 def _device_signed(route: APIRoute) -> bool:
-    """The device channel: no roles, a signature by the device's enrolled key (tested in test_channel)."""
-    return any(isinstance(dep.call, DeviceSignature) for dep in route.dependant.dependencies)
+    """The device channels: no roles, a signature by the device's enrolled key (test_channel, test_apple_channel)."""
+    return any(isinstance(dep.call, DeviceSignature | AppleSignature) for dep in route.dependant.dependencies)
 
 
 def _declared_roles(route: APIRoute) -> frozenset[Role]:
@@ -71,6 +72,8 @@ def test_every_route_declares_its_roles_or_is_device_signed(app):
     assert sorted(signed) == [
         "/api/v1/devices/{device_id}/checkin",
         "/api/v1/devices/{device_id}/commands/{command_id}/result",
+        "/mdm/checkin",
+        "/mdm/connect",
     ]
     for _method, route in routes:
         if not _device_signed(route):

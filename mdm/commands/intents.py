@@ -56,6 +56,10 @@ class RemoveMDM(Intent):
     pass
 
 
+class QueryInventory(Intent):
+    query: str  # the protocol's name for one piece of inventory (Apple: DeviceInformation, SecurityInfo, ...)
+
+
 INTENTS: dict[CommandType, type[Intent]] = {
     CommandType.InstallProfile: InstallProfile,
     CommandType.RemoveProfile: RemoveProfile,
@@ -64,6 +68,7 @@ INTENTS: dict[CommandType, type[Intent]] = {
     CommandType.DeviceLock: DeviceLock,
     CommandType.EraseDevice: EraseDevice,
     CommandType.RemoveMDM: RemoveMDM,
+    CommandType.QueryInventory: QueryInventory,
 }
 
 

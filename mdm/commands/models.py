@@ -19,6 +19,8 @@ class CommandType(StrEnum):
     DeviceLock = "DeviceLock"
     EraseDevice = "EraseDevice"
     RemoveMDM = "RemoveMDM"
+    # Asks the device to report one piece of its inventory (Apple's queries; the agent reports whole).
+    QueryInventory = "QueryInventory"
 
 
 class CommandStatus(StrEnum):

@@ -346,6 +346,11 @@ def latest_certificate(session: Session, device_id: str) -> DeviceCertificate | 
     return session.exec(statement).first()
 
 
+def certificate_by_serial(session: Session, serial_hex: str) -> DeviceCertificate | None:
+    """The identity certificate with this serial (hex), whichever device it was issued to."""
+    return session.get(DeviceCertificate, serial_hex)
+
+
 def identity_candidates(session: Session, device_id: str) -> list[DeviceCertificate]:
     """The certificates a device may sign with, newest first: its two newest, then any older one still live.
 

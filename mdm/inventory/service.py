@@ -127,6 +127,17 @@ def _acknowledged(session: Session, device_id: str) -> list[ProfileEntry]:
     return [{"identifier": identifier, "version": version} for identifier, version in rows]
 
 
+def stored_apps(session: Session, device_id: str) -> dict[str, InstalledApp]:
+    """The apps the device last reported, by identifier: a piece about some of them is merged with these."""
+    rows = session.exec(
+        select(DeviceApp.identifier, DeviceApp.version, DeviceApp.managed).where(DeviceApp.device_id == device_id)
+    )
+    return {
+        identifier: InstalledApp(identifier=identifier, version=version, managed=managed)
+        for identifier, version, managed in rows
+    }
+
+
 def _replace_apps(session: Session, device_id: str, apps: list[dict[str, Any]]) -> None:
     session.execute(delete(DeviceApp).where(col(DeviceApp.device_id) == device_id))
     by_identifier = {app["identifier"]: app for app in apps}  # a duplicate report keeps the last entry

@@ -13,6 +13,8 @@ from mdm.validation import Input
 
 class EventType(StrEnum):
     device_enrolled = "device.enrolled"
+    # An Apple device let go of management on its own (its MDM profile was removed): a technician follows up.
+    device_unenrolled = "device.unenrolled"
     device_noncompliant = "device.noncompliant"
     device_compliant = "device.compliant"
     device_quarantined = "device.quarantined"

@@ -1,0 +1,190 @@
+"""Which certificate made a message: Apple's `Mdm-Signature`, or a trusted proxy's `Client-Cert` header.
+
+A device enrolled with `SignMessage` signs every body it sends: the header is a base64 detached CMS
+SignedData (RFC 5652) over the exact body, by its SCEP identity, with the identity's certificate inside.
+We check the signature (RSA PKCS#1 v1.5 over SHA-1 or SHA-2; over the signed attributes, whose
+messageDigest must then be the body's hash, when the device sent them), and that the certificate was
+issued by the school CA, whose key verifies its signature. Which device the certificate belongs to,
+and whether it may still talk, is for the caller: this module only says who signed.
+
+Behind a TLS-terminating proxy that checked the client certificate itself, RFC 9440's `Client-Cert`
+header carries it instead; that header is believed only when the operator says the proxy is trusted
+(MDM_TRUST_CLIENT_CERT_HEADER=1), since anyone can send it otherwise.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from asn1crypto import cms, core
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from mdm.channel.keys import weak_rsa_reason
+
+SIGNATURE_HEADER = "Mdm-Signature"
+CLIENT_CERT_HEADER = "Client-Cert"
+# A CMS signature holding a device certificate is a few kilobytes; anything far larger is not one.
+MAX_HEADER_CHARS = 32 * 1024
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+class SignatureError(ValueError):
+    """The message's proof of origin was refused; `detail` says why (always a 401)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The certificate that proved the message, checked as issued by the school CA."""
+
+    certificate: x509.Certificate
+    serial_hex: str  # as DeviceCertificate and AppleIdentity store it
+    fingerprint_sha256: str
+
+
+def signer_of(
+    headers: dict[str, str], body: bytes, ca_certificate: x509.Certificate, *, trust_client_cert_header: bool
+) -> Signer:
+    """The school-issued certificate behind this message (headers' names lower-case); SignatureError if none."""
+    signature = headers.get(SIGNATURE_HEADER.lower())
+    client_cert = headers.get(CLIENT_CERT_HEADER.lower())
+    if signature:
+        certificate = verify_mdm_signature(signature, body)
+    elif client_cert and trust_client_cert_header:
+        certificate = _client_certificate(client_cert)
+    elif client_cert:
+        raise SignatureError(
+            f"{CLIENT_CERT_HEADER} is only believed behind a trusted TLS proxy (MDM_TRUST_CLIENT_CERT_HEADER=1); "
+            f"sign the message ({SIGNATURE_HEADER})."
+        )
+    else:
+        raise SignatureError(f"The message is not signed: {SIGNATURE_HEADER} is missing (enrol with SignMessage).")
+    _require_issued_by(certificate, ca_certificate)
+    return Signer(
+        certificate=certificate,
+        serial_hex=format(certificate.serial_number, "x"),
+        fingerprint_sha256=certificate.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+def verify_mdm_signature(header: str, body: bytes) -> x509.Certificate:
+    """The certificate whose key signed `body`, read from the detached CMS SignedData in the header."""
+    signed_data = _signed_data(_base64(header, SIGNATURE_HEADER))
+    signer_infos = signed_data["signer_infos"]
+    if len(signer_infos) != 1:
+        raise SignatureError(f"{SIGNATURE_HEADER} must have exactly one signer, not {len(signer_infos)}.")
+    signer_info = signer_infos[0]
+    certificate = _signer_certificate(signed_data, signer_info)
+    hash_name = signer_info["digest_algorithm"]["algorithm"].native
+    if hash_name not in _HASHES:
+        raise SignatureError(f"{SIGNATURE_HEADER} uses the digest {hash_name}; SHA-1 or SHA-2 is expected.")
+    if signer_info["signature_algorithm"].signature_algo != "rsassa_pkcs1v15":
+        raise SignatureError(f"{SIGNATURE_HEADER} must be an RSA PKCS#1 v1.5 signature.")
+    _verify(certificate, signer_info["signature"].native, _signed_bytes(signer_info, body, hash_name), hash_name)
+    return certificate
+
+
+def _base64(value: str, name: str) -> bytes:
+    if len(value) > MAX_HEADER_CHARS:
+        raise SignatureError(f"{name} is too long to be a device's.")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"{name} is not valid base64.") from exc
+
+
+def _signed_data(der: bytes) -> cms.SignedData:
+    try:
+        content_info = cms.ContentInfo.load(der, strict=True)
+        if content_info["content_type"].native != "signed_data":
+            raise SignatureError(f"{SIGNATURE_HEADER} is CMS, but not SignedData.")
+        signed_data = content_info["content"]
+        signed_data.native  # parses the whole structure now, so a malformed part fails here, not later  # noqa: B018
+    except SignatureError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise SignatureError(f"{SIGNATURE_HEADER} is not a CMS SignedData structure: {exc}") from exc
+    if signed_data["encap_content_info"]["content"].native is not None:
+        raise SignatureError(f"{SIGNATURE_HEADER} must be a detached signature of the body.")
+    return signed_data
+
+
+def _signer_certificate(signed_data: cms.SignedData, signer_info: cms.SignerInfo) -> x509.Certificate:
+    sid = signer_info["sid"]
+    certificates = signed_data["certificates"]
+    for choice in [] if isinstance(certificates, core.Void) else certificates:
+        if choice.name != "certificate":
+            continue
+        candidate = choice.chosen
+        if sid.name == "issuer_and_serial_number":
+            wanted = sid.chosen
+            matches = candidate.serial_number == wanted["serial_number"].native and candidate.issuer == wanted["issuer"]
+        else:
+            matches = candidate.key_identifier == sid.chosen.native
+        if matches:
+            return _load_certificate(candidate.dump())
+    raise SignatureError(f"{SIGNATURE_HEADER} does not carry the signer's certificate.")
+
+
+def _signed_bytes(signer_info: cms.SignerInfo, body: bytes, hash_name: str) -> bytes:
+    """What the signature covers: the body itself, or the signed attributes that hold its digest."""
+    signed_attrs = signer_info["signed_attrs"]
+    if isinstance(signed_attrs, core.Void) or len(signed_attrs) == 0:
+        return body
+    digests = [a["values"][0].native for a in signed_attrs if a["type"].native == "message_digest"]
+    if len(digests) != 1:
+        raise SignatureError(f"{SIGNATURE_HEADER}'s signed attributes must hold one messageDigest.")
+    if not hmac.compare_digest(digests[0], hashlib.new(hash_name, body).digest()):
+        raise SignatureError(f"{SIGNATURE_HEADER} was made over another body: the message was changed.")
+    # The signature covers the attributes' DER as a SET OF, not the [0]-tagged form they travel in.
+    der = signed_attrs.dump()
+    return b"\x31" + der[1:]
+
+
+def _verify(certificate: x509.Certificate, signature: bytes, data: bytes, hash_name: str) -> None:
+    key = certificate.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise SignatureError("The signing certificate's key is not RSA; Apple device identities are.")
+    reason = weak_rsa_reason(key)
+    if reason is not None:
+        raise SignatureError(f"The device's {reason}.")
+    try:
+        key.verify(signature, data, padding.PKCS1v15(), _HASHES[hash_name]())
+    except InvalidSignature as exc:
+        raise SignatureError(f"{SIGNATURE_HEADER} does not verify with the certificate it carries.") from exc
+
+
+def _client_certificate(header: str) -> x509.Certificate:
+    """RFC 9440: the DER certificate as a structured-field byte sequence, `:base64:`."""
+    value = header.strip()
+    if len(value) < 3 or not (value.startswith(":") and value.endswith(":")):
+        raise SignatureError(f"{CLIENT_CERT_HEADER} must be a byte sequence (:base64 DER:), as RFC 9440 says.")
+    return _load_certificate(_base64(value[1:-1], CLIENT_CERT_HEADER))
+
+
+def _load_certificate(der: bytes) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise SignatureError(f"The signing certificate does not read: {exc}") from exc
+
+
+def _require_issued_by(certificate: x509.Certificate, ca_certificate: x509.Certificate) -> None:
+    try:
+        certificate.verify_directly_issued_by(ca_certificate)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise SignatureError("The signing certificate was not issued by the school's certificate authority.") from exc
