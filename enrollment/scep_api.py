@@ -1,8 +1,8 @@
 """The SCEP server's route (RFC 8894): `GET|POST /scep?operation=...`, the URL of the enrolment profile's SCEP payload.
 
-SCEP clients are not JSON clients: refusals they can be told about are CertRep FAILURE messages (200,
-as the RFC has it), and what cannot be answered in SCEP (an unknown operation, garbage) is a 400 with
-a plain-text reason. The body limit is the API's, applied by the middleware before this runs.
+Refusals a SCEP client can be told about are CertRep FAILURE messages (200, as the RFC has it); what
+cannot be answered in SCEP (an unknown operation, garbage) is a 400 whose problem+json says why in
+plain words, like every other refusal of the service. The body limit is the API's (the middleware).
 """
 
 import base64
@@ -18,14 +18,14 @@ from starlette.concurrency import run_in_threadpool
 from enrollment import scep, service
 from enrollment.ca import CertificateAuthority, ScepKeys
 from mdm.database import Database
-from mdm.errors import ProblemError
+from mdm.errors import ProblemError, problem_documented
 from mdm.ratelimit import AbuseLimits, client_address
 from mdm.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["enrolment"])
 
-_PLAIN = "text/plain; charset=utf-8"
+_PLAIN = "text/plain"
 _ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "GetCACaps: capabilities, one a line. GetCACert: the certificates to encrypt to. "
@@ -37,7 +37,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
             scep.PKI_MESSAGE_MEDIA_TYPE: {},
         },
     },
-    400: {"description": "An unknown operation, or a message that is not SCEP.", "content": {"text/plain": {}}},
+    400: problem_documented("An unknown operation, or a message that is not SCEP."),
 }
 
 
@@ -61,9 +61,9 @@ async def _answer(request: Request, operation: str, message: bytes | None) -> Re
         body, media_type = scep.ca_certificates(await run_in_threadpool(keys))
         return Response(body, media_type=media_type)
     if operation != "PKIOperation":
-        return _refused(f"Unknown SCEP operation {operation[:40]!r}: use GetCACaps, GetCACert or PKIOperation.")
+        raise _refused(f"Unknown SCEP operation {operation[:40]!r}: use GetCACaps, GetCACert or PKIOperation.")
     if message is None:
-        return _refused("PKIOperation by GET needs message=, the base64 of the DER PKIMessage.")
+        raise _refused("PKIOperation by GET needs message=, the base64 of the DER PKIMessage.")
     return await run_in_threadpool(_pki_operation, request, message)
 
 
@@ -82,7 +82,7 @@ def _pki_operation(request: Request, der: bytes) -> Response:
     try:
         message = scep.read_message(der)
     except scep.Malformed as exc:
-        return _refused(str(exc))
+        raise _refused(str(exc)) from exc
     keys: ScepKeys = state.scep_keys()
     try:
         opened = scep.open_request(message, keys)
@@ -91,8 +91,6 @@ def _pki_operation(request: Request, der: bytes) -> Response:
     except scep.ScepFailure as exc:
         log.info("SCEP request %s refused (failInfo %s): %s", message.transaction_id, exc.fail_info.name, exc.detail)
         body = scep.failure(message, keys, exc.fail_info)
-    except ProblemError as exc:  # the enrolment limits' 429: a transport answer, so the client retries later
-        return Response(exc.detail + "\n", status_code=exc.status, media_type=_PLAIN, headers=exc.headers)
     return Response(body, media_type=scep.PKI_MESSAGE_MEDIA_TYPE)
 
 
@@ -102,11 +100,12 @@ def _issue(request: Request, opened: scep.CertificateRequest) -> x509.Certificat
     database: Database = state.database
     ca: CertificateAuthority = state.ca
     settings: Settings = state.settings
-    # Guessing challenges is guessing enrolment tokens: the same limits as POST /api/v1/enroll.
+    # Guessing challenges is guessing enrolment tokens: the same limits as POST /api/v1/enroll. Over a
+    # limit, the 429 (with Retry-After) is an HTTP answer, not a FAILURE, so the client tries again later.
     with limits.enrolment(client_address(request.scope), opened.challenge or ""), database.writing() as session:
         issued = service.issue_apple_identity(session, opened, ca, settings.device_certificate_days)
     return x509.load_pem_x509_certificate(issued.pem.encode("ascii"))
 
 
-def _refused(reason: str) -> Response:
-    return Response(reason + "\n", status_code=400, media_type=_PLAIN)
+def _refused(reason: str) -> ProblemError:
+    return ProblemError(400, reason)

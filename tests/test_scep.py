@@ -222,11 +222,11 @@ def test_refusals_are_failures_with_the_right_fail_info_and_change_nothing(clien
         ({"operation": "PKIOperation"}, b"\x30\x03\x02\x01\x00", "not a SCEP PKIMessage"),
     ],
 )
-def test_what_is_not_scep_is_400_with_a_plain_reason(client, database, params, body, words):
+def test_what_is_not_scep_is_400_saying_why(client, database, params, body, words):
     response = client.get("/scep", params=params) if body is None else client.post("/scep", params=params, content=body)
     assert response.status_code == 400
-    assert response.headers["content-type"].startswith("text/plain")
-    assert words in response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert words in response.json()["detail"]
     assert identities(database) == []
 
 
@@ -238,7 +238,7 @@ def test_a_message_without_scep_attributes_is_400(client):
     degenerate = _degenerate([certificate])
     response = client.post("/scep?operation=PKIOperation", content=degenerate)
     assert response.status_code == 400
-    assert "exactly one signer" in response.text
+    assert "exactly one signer" in response.json()["detail"]
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(client):
