@@ -256,3 +256,69 @@ def _pem():
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return Encoding.PEM
+
+
+def test_openssl_reads_the_cert_rep_as_a_scep_client_would(client, auth, tmp_path: Path):
+    """An outside check of the wire format: openssl verifies our signature and opens our envelope."""
+    from cryptography.hazmat.primitives import serialization
+
+    token = make_token(client, auth)
+    request = pkcs_req(recipients(client), token["token"], cipher="tripledes_3key", digest="sha1")
+    response = post(client, request)
+    (tmp_path / "ca.pem").write_bytes(client.get("/api/v1/pki/ca.pem").content)
+    (tmp_path / "rep.der").write_bytes(response.content)
+    (tmp_path / "me.pem").write_bytes(request.signer.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "me.key").write_bytes(
+        request.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    decrypt_to = ["-inkey", "me.key", "-out", "certs.der"]
+    steps = [
+        ["cms", "-verify", "-binary", "-inform", "DER", "-in", "rep.der", "-CAfile", "ca.pem", "-out", "env.der"],
+        ["cms", "-decrypt", "-binary", "-inform", "DER", "-in", "env.der", "-recip", "me.pem", *decrypt_to],
+        ["pkcs7", "-inform", "DER", "-in", "certs.der", "-print_certs", "-out", "issued.pem"],
+        ["verify", "-CAfile", "ca.pem", "issued.pem"],
+    ]
+    for step in steps:
+        result = subprocess.run(["openssl", *step], cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, (step, result.stderr)
+    issued = x509.load_pem_x509_certificate((tmp_path / "issued.pem").read_bytes())
+    assert issued.public_key().public_numbers() == request.key.public_key().public_numbers()
+
+
+def test_a_ca_with_an_rsa_key_is_its_own_scep_recipient(tmp_path: Path):
+    """A CA brought from elsewhere with an RSA key needs no RA: GetCACert is the CA alone, and it answers."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes
+
+    from enrollment import scep
+    from enrollment.ca import CertificateAuthority, load_or_create_scep_keys
+
+    key = new_rsa_key()
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "Imported RSA CA")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keys = load_or_create_scep_keys(tmp_path, CertificateAuthority(certificate, key))
+    body, media_type = scep.ca_certificates(keys)
+    assert media_type == "application/x-x509-ca-cert"
+    assert x509.load_der_x509_certificate(body) == certificate
+    assert not (tmp_path / "ca" / "scep-ra.key.pem").exists()
+
+    request = pkcs_req([certificate], "enr_anything")
+    message = scep.read_message(request.der)
+    opened = scep.open_request(message, keys)
+    assert opened.challenge == "enr_anything"
+    rep = read_cert_rep(scep.failure(message, keys, scep.FailInfo.BAD_REQUEST), request, certificate)
+    assert (rep.status, rep.fail_info, rep.recipient_nonce) == ("2", "badRequest", request.sender_nonce)
