@@ -322,3 +322,15 @@ def test_a_ca_with_an_rsa_key_is_its_own_scep_recipient(tmp_path: Path):
     assert opened.challenge == "enr_anything"
     rep = read_cert_rep(scep.failure(message, keys, scep.FailInfo.BAD_REQUEST), request, certificate)
     assert (rep.status, rep.fail_info, rep.recipient_nonce) == ("2", "badRequest", request.sender_nonce)
+
+
+def test_guessing_challenges_meets_the_enrolment_limits(client, database):
+    # Five refused challenges with one made-up token (MDM_ENROLL_FAILURES_PER_TOKEN): then 429, as on /api/v1/enroll.
+    certs, key = recipients(client), new_rsa_key()
+    for _ in range(5):
+        assert answer(client, pkcs_req(certs, "enr_guess", key=key)).fail_info == "badRequest"
+    refused = post(client, pkcs_req(certs, "enr_guess", key=key))
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) > 0
+    assert identities(database) == []
