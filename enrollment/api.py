@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from enrollment import service
 from enrollment.ca import CertificateAuthority
 from enrollment.models import (
+    EnrollmentToken,
     EnrollmentTokenCreate,
     EnrollmentTokenCreated,
     EnrollmentTokenPublic,
@@ -14,11 +15,13 @@ from enrollment.models import (
 )
 from enrollment.qr import qr_png, qr_svg
 from mdm.actor import Role
+from mdm.channel.apple.topic import current_topic
 from mdm.dependencies import READERS, AppDatabase, AppSealer, AppSettings, ReadSession, WriteSession, allow
 from mdm.errors import problem_documented
 from mdm.openapi import answered_as
 from mdm.pagination import Page, PageParams, page_params
 from mdm.ratelimit import AbuseLimits, client_address
+from mdm.settings import Settings
 
 router = APIRouter(tags=["enrolment"])
 Staff = allow(Role.admin, Role.technician)
@@ -84,6 +87,44 @@ def enrollment_qr_png(
     """The QR code of the enrolment link, to print."""
     link = service.token_link(session, token_id, settings.base_url, sealer)
     return Response(qr_png(link), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+MOBILECONFIG = "application/x-apple-aspen-config"
+_PROFILE_ANSWERS = {
+    **answered_as(MOBILECONFIG, description="The signed enrolment profile."),
+    409: problem_documented("No Apple push certificate is loaded yet: run `mdm apple push-cert load`."),
+}
+
+
+@router.get(
+    "/api/v1/enrollment-tokens/{token_id}/enroll.mobileconfig", response_class=Response, responses=_PROFILE_ANSWERS
+)
+def enrollment_profile(
+    token_id: str, session: ReadSession, _actor: Staff, settings: AppSettings, sealer: AppSealer, request: Request
+) -> Response:
+    """The token's Apple enrolment profile, to install on an iPad or Mac by hand or through Configurator."""
+    token, secret = service.profile_token_by_id(session, token_id, sealer)
+    return _profile_response(request, token, secret, current_topic(session), settings)
+
+
+@router.get("/enroll/{secret}.mobileconfig", response_class=Response, responses=_PROFILE_ANSWERS)
+def enrollment_profile_for_device(
+    secret: str, session: ReadSession, settings: AppSettings, request: Request
+) -> Response:
+    """The enrolment profile for a device's browser (the QR code's link); the enrolment token is the credential."""
+    token = service.profile_token_by_secret(session, secret)
+    return _profile_response(request, token, secret, current_topic(session), settings)
+
+
+def _profile_response(
+    request: Request, token: EnrollmentToken, secret: str, topic: str | None, settings: Settings
+) -> Response:
+    state = request.app.state
+    body = service.signed_enrolment_profile(
+        token, secret, topic, settings.base_url, state.profile_signer, state.ca.certificate_pem
+    )
+    headers = {"Content-Disposition": 'attachment; filename="enrol.mobileconfig"', "Cache-Control": "no-store"}
+    return Response(body, media_type=MOBILECONFIG, headers=headers)
 
 
 @router.post(

@@ -15,10 +15,11 @@ import secrets
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -37,6 +38,8 @@ CA_KEY_FILE = "ca.key.pem"
 CA_CERT_FILE = "ca.pem"
 SIGNER_KEY_FILE = "profile-signing.key.pem"
 SIGNER_CERT_FILE = "profile-signing.pem"
+SCEP_RA_KEY_FILE = "scep-ra.key.pem"
+SCEP_RA_CERT_FILE = "scep-ra.pem"
 PASSPHRASE_ENV = "MDM_CA_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
 # 20 years counted in days, leap days included: the root outlives any device it will ever sign for.
@@ -55,6 +58,14 @@ SIGNER_COMMON_NAME = "School MDM Profile Signing"
 SIGNER_VALIDITY_DAYS = 825
 # Renewing a month early means profiles are never signed with a certificate about to lapse on devices.
 SIGNER_RENEW_BEFORE = timedelta(days=30)
+
+# SCEP clients encrypt their request to an RSA certificate; the school CA's key is EC, so an RSA
+# "registration authority" certificate of its own receives (and signs the answers to) SCEP messages.
+SCEP_RA_COMMON_NAME = "School MDM SCEP RA"
+SCEP_RA_KEY_BITS = 2048
+# The CN Apple's SCEP payload asks for is kept; a request without a usable one gets this.
+APPLE_IDENTITY_DEFAULT_CN = "Apple device"
+_MAX_CN_LENGTH = 64  # RFC 5280's ub-common-name
 
 CAPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 CSRPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -85,6 +96,23 @@ class ProfileSigner:
     certificate: x509.Certificate
     certificate_pem: str
     private_key: ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class ScepKeys:
+    """The RSA certificate and key SCEP clients encrypt to, and the chain GetCACert lists.
+
+    `certificate` is the CA's own when its key is RSA (then `chain` holds only it), else the SCEP RA's
+    (then `chain` is the RA and the CA, as RFC 8894 section 4.2.1.2 answers for an RA).
+    """
+
+    certificate: x509.Certificate
+    private_key: rsa.RSAPrivateKey
+    chain: tuple[x509.Certificate, ...]
+
+    @property
+    def is_ra(self) -> bool:
+        return len(self.chain) > 1
 
 
 # --- Checking what devices send ------------------------------------------------------------------
@@ -208,6 +236,29 @@ class CertificateAuthority:
         """Certify a key for signing configuration profiles (no EKU: Apple needs only digitalSignature)."""
         return self._sign(self._leaf_builder(public_key, _name(common_name), validity_days))
 
+    def issue_apple_identity(self, csr_pem: str | bytes, validity_days: int = 397) -> IssuedCertificate:
+        """Certify a CSR that SCEP received before any device is known: named by the CSR's own CN.
+
+        The identity is bound to a device later, when the device first signs its Authenticate with it
+        (so there is no device id to put in it now); the serial number is what binds it.
+        """
+        csr = validate_csr(csr_pem)
+        builder = self._leaf_builder(csr.public_key(), _name(_csr_common_name(csr)), validity_days).add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        return self._sign(builder)
+
+    def issue_scep_ra_certificate(self, public_key: rsa.RSAPublicKey) -> IssuedCertificate:
+        """Certify the SCEP RA's key: clients encrypt to it (keyEncipherment) and check its signatures."""
+        usage = _key_usage(digital_signature=True, key_encipherment=True)
+        return self._sign(self._leaf_builder(public_key, _name(SCEP_RA_COMMON_NAME), SIGNER_VALIDITY_DAYS, usage))
+
+    def scep_keys_if_rsa(self) -> ScepKeys | None:
+        """The CA itself as SCEP's recipient, when its key is RSA (then no RA is needed)."""
+        if isinstance(self._private_key, rsa.RSAPrivateKey):
+            return ScepKeys(self.certificate, self._private_key, (self.certificate,))
+        return None
+
     def build_crl(self, revoked: Iterable[tuple[int, datetime]], crl_number: int, next_update_hours: int = 24) -> bytes:
         """A DER CRL of (serial, revoked_at) pairs; naive datetimes are taken as UTC, like the database's."""
         if crl_number < 0:
@@ -228,7 +279,11 @@ class CertificateAuthority:
         return crl.public_bytes(serialization.Encoding.DER)
 
     def _leaf_builder(
-        self, public_key: CSRPublicKey, subject: x509.Name, validity_days: int
+        self,
+        public_key: CSRPublicKey,
+        subject: x509.Name,
+        validity_days: int,
+        usage: x509.KeyUsage | None = None,
     ) -> x509.CertificateBuilder:
         if validity_days < 1:
             raise ValueError("validity_days must be at least 1")
@@ -244,7 +299,7 @@ class CertificateAuthority:
             .not_valid_before(now - CERT_BACKDATE)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .add_extension(usage or _key_usage(digital_signature=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(self._authority_key_id, critical=False)
         )
@@ -265,6 +320,14 @@ def _now() -> datetime:
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _csr_common_name(csr: x509.CertificateSigningRequest) -> str:
+    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else None
+    if isinstance(value, str) and 0 < len(value.strip()) <= _MAX_CN_LENGTH:
+        return value.strip()
+    return APPLE_IDENTITY_DEFAULT_CN
 
 
 def _key_usage(**flags: bool) -> x509.KeyUsage:
@@ -427,27 +490,66 @@ def load_or_create_profile_signer(
 
     The certificate is reissued (same key) when missing, not from this CA, or within 30 days of expiry.
     """
-    ca_dir = data_dir / CA_DIR_NAME
-    key_path, cert_path = ca_dir / SIGNER_KEY_FILE, ca_dir / SIGNER_CERT_FILE
-    if not key_path.exists():
-        new_key = ec.generate_private_key(ec.SECP256R1())
-        _publish_file(key_path, _private_key_pem(new_key, passphrase or None), 0o600, replace=False)
-    # Whoever published the key first, everyone signs with the one on disk.
-    key = _load_private_key(key_path, passphrase or None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CAError(f"{key_path} holds a {type(key).__name__}; the profile signing key must be EC.")
-    certificate = _usable_signer_certificate(cert_path, key, ca)
-    if certificate is None:
-        issued = ca.issue_signing_certificate(key.public_key())
-        _publish_file(cert_path, issued.pem.encode("ascii"), 0o644, replace=cert_path.exists())
-        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key, certificate = _load_or_create_leaf(
+        data_dir / CA_DIR_NAME,
+        (SIGNER_KEY_FILE, SIGNER_CERT_FILE),
+        ca,
+        passphrase,
+        new_key=lambda: ec.generate_private_key(ec.SECP256R1()),
+        issue=ca.issue_signing_certificate,
+        expected=(ec.EllipticCurvePrivateKey, "the profile signing key must be EC"),
+    )
     pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
     return ProfileSigner(certificate=certificate, certificate_pem=pem, private_key=key)
 
 
-def _usable_signer_certificate(
-    cert_path: Path, key: ec.EllipticCurvePrivateKey, ca: CertificateAuthority
-) -> x509.Certificate | None:
+def load_or_create_scep_keys(data_dir: Path, ca: CertificateAuthority, passphrase: str | None = None) -> ScepKeys:
+    """What SCEP clients encrypt to: the CA itself if its key is RSA, else an RA made once beside it.
+
+    Like the profile signer, the RA's key is kept 0600 in `data_dir/ca` (encrypted with the CA's
+    passphrase when there is one) and its certificate is reissued, same key, 30 days before it ends.
+    """
+    own = ca.scep_keys_if_rsa()
+    if own is not None:
+        return own
+    key, certificate = _load_or_create_leaf(
+        data_dir / CA_DIR_NAME,
+        (SCEP_RA_KEY_FILE, SCEP_RA_CERT_FILE),
+        ca,
+        passphrase,
+        new_key=lambda: rsa.generate_private_key(public_exponent=65537, key_size=SCEP_RA_KEY_BITS),
+        issue=ca.issue_scep_ra_certificate,
+        expected=(rsa.RSAPrivateKey, "the SCEP RA key must be RSA"),
+    )
+    return ScepKeys(certificate=certificate, private_key=key, chain=(certificate, ca.certificate))
+
+
+def _load_or_create_leaf(
+    ca_dir: Path,
+    files: tuple[str, str],
+    ca: CertificateAuthority,
+    passphrase: str | None,
+    new_key: Callable[[], CAPrivateKey],
+    issue: Callable[[Any], IssuedCertificate],
+    expected: tuple[type, str],
+) -> tuple[Any, x509.Certificate]:
+    key_path, cert_path = ca_dir / files[0], ca_dir / files[1]
+    if not key_path.exists():
+        _publish_file(key_path, _private_key_pem(new_key(), passphrase or None), 0o600, replace=False)
+    # Whoever published the key first, everyone uses the one on disk.
+    key = _load_private_key(key_path, passphrase or None)
+    key_type, what = expected
+    if not isinstance(key, key_type):
+        raise CAError(f"{key_path} holds a {type(key).__name__}; {what}.")
+    certificate = _usable_leaf_certificate(cert_path, key, ca)
+    if certificate is None:
+        issued = issue(key.public_key())
+        _publish_file(cert_path, issued.pem.encode("ascii"), 0o644, replace=cert_path.exists())
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return key, certificate
+
+
+def _usable_leaf_certificate(cert_path: Path, key: CAPrivateKey, ca: CertificateAuthority) -> x509.Certificate | None:
     if not cert_path.exists():
         return None
     try:

@@ -8,7 +8,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from sqlmodel import Session, col, select
 
-from enrollment.ca import CertificateAuthority, CSRError
+from enrollment import apple_profile, scep
+from enrollment.ca import CertificateAuthority, CSRError, IssuedCertificate
 from enrollment.models import (
     AppleIdentity,
     EnrollmentToken,
@@ -34,6 +35,7 @@ from mdm.pagination import Page, PageParams, paginate
 from mdm.people import service as people
 from mdm.sealing import Sealer
 from mdm.webhooks import service as webhooks
+from profiles import service as profiles
 
 TOKEN_PREFIX = "enr_"  # noqa: S105 (a public prefix that tells the two kinds of token apart, not a secret)
 
@@ -138,10 +140,22 @@ def token_link(session: Session, token_id: str, base_url: str, sealer: Sealer) -
 
 
 def _usable_token(session: Session, secret: str) -> EnrollmentToken:
-    statement = select(EnrollmentToken).where(EnrollmentToken.token_hash == _hash(secret)).with_for_update()
-    token = session.exec(statement.execution_options(populate_existing=True)).first()
+    token = _token_by_secret(session, secret)
     if token is None:
         raise ProblemError(401, "This enrolment token is not one the school issued. Check the QR code or link.")
+    _refuse_unusable(token)
+    return token
+
+
+def _token_by_secret(session: Session, secret: str, *, lock: bool = True) -> EnrollmentToken | None:
+    # Locked when it is about to be used, so two devices cannot both take a token's last use.
+    statement = select(EnrollmentToken).where(EnrollmentToken.token_hash == _hash(secret))
+    if lock:
+        statement = statement.with_for_update().execution_options(populate_existing=True)
+    return session.exec(statement).first()
+
+
+def _refuse_unusable(token: EnrollmentToken) -> None:
     state = token_status(token, utcnow())
     if state == "revoked":
         raise ProblemError(410, "This enrolment token has been revoked. Ask IT for a new one.")
@@ -151,10 +165,9 @@ def _usable_token(session: Session, secret: str) -> EnrollmentToken:
         )
     if state == "used_up":
         raise Conflict(f"This enrolment token has been used for all {token.max_uses} device(s) it allows.")
-    return token
 
 
-def _check_policy(session: Session, category: Category, request: EnrollRequest) -> None:
+def _check_policy(session: Session, category: Category, aup_accepted: bool) -> None:
     rule = access_policy.get_rule(session, category)
     if not rule.allowed:
         raise ProblemError(
@@ -162,7 +175,7 @@ def _check_policy(session: Session, category: Category, request: EnrollRequest) 
             f"The school's access policy does not allow {category.value.replace('_', ' ')} devices in school, "
             "so this device cannot be enrolled.",
         )
-    if category in PERSONAL and not request.aup_accepted:
+    if category in PERSONAL and not aup_accepted:
         raise Invalid(
             "A personal device can only be enrolled once its user accepts the acceptable use policy.",
             [{"field": "aup_accepted", "message": "must be true for personal devices"}],
@@ -210,7 +223,7 @@ def enroll(
 ) -> EnrollResponse:
     token = _usable_token(session, request.token)
     category = Category(token.category)
-    _check_policy(session, category, request)
+    _check_policy(session, category, request.aup_accepted)
     try:
         ca.validate_csr(request.csr)
     except CSRError as exc:
@@ -279,6 +292,97 @@ def _bind_device(
     session.add(device)
     session.flush()
     return device
+
+
+# --- Apple devices: the enrolment profile and the SCEP server's identities ------------------------
+
+
+def profile_token_by_id(session: Session, token_id: str, sealer: Sealer) -> tuple[EnrollmentToken, str]:
+    """For staff: the token and its secret, refused as `POST /api/v1/enroll` would refuse the token."""
+    token = get_token(session, token_id)
+    _refuse_unusable(token)
+    if token.sealed_token is None:
+        raise ProblemError(410, "This enrolment token's secret is no longer kept: make a new token.")
+    return token, sealer.open(token.sealed_token)
+
+
+def profile_token_by_secret(session: Session, secret: str) -> EnrollmentToken:
+    """For a device's browser: the token is the credential; unknown is 404. A download uses nothing up."""
+    token = _token_by_secret(session, secret, lock=False)
+    if token is None:
+        # The detail never repeats the secret: a wrong link may still be close to a real one.
+        raise ProblemError(404, "There is no enrolment profile at this link. Check the QR code or link.")
+    _refuse_unusable(token)
+    return token
+
+
+def signed_enrolment_profile(
+    token: EnrollmentToken, secret: str, topic: str | None, base_url: str, signer: object, ca_certificate_pem: str
+) -> bytes:
+    """The enrolment .mobileconfig for `token`, signed like every profile; 409 while no push topic is known."""
+    if topic is None:
+        raise Conflict(
+            "No Apple push certificate is loaded, so Apple devices cannot be enrolled yet: run "
+            "`mdm apple push-cert load --cert push.pem --key push.key` first."
+        )
+    personal = Category(token.category) in PERSONAL
+    document = apple_profile.enrolment_profile(token.id, secret, topic, base_url, personal=personal)
+    return profiles.signed_configuration(document, signer, ca_certificate_pem)
+
+
+def issue_apple_identity(
+    session: Session, request: scep.CertificateRequest, ca: CertificateAuthority, validity_days: int
+) -> IssuedCertificate:
+    """SCEP's PKCSReq: the challenge is an enrolment token, checked as `POST /api/v1/enroll` checks it.
+
+    The identity waits (AppleIdentity) for the device to claim it at Authenticate, where the token's
+    category and person are applied. Installing the profile counts as accepting the acceptable use
+    policy, which a personal device's profile says in its description. Refusals raise ScepFailure.
+    """
+    token = _scep_token(session, request.challenge)
+    try:
+        _check_policy(session, Category(token.category), aup_accepted=True)
+        ca.validate_csr(request.csr_pem)
+    except CSRError as exc:
+        raise scep.ScepFailure(scep.FailInfo.BAD_REQUEST, f"The CSR was refused: {exc.detail}", 422) from exc
+    except ProblemError as exc:
+        raise scep.ScepFailure(scep.FailInfo.BAD_REQUEST, exc.detail, exc.status) from exc
+    issued = ca.issue_apple_identity(request.csr_pem, validity_days)
+    serial = format(issued.serial_number, "x")
+    now = utcnow()
+    session.add(
+        AppleIdentity(
+            serial_number=serial,
+            certificate_pem=issued.pem,
+            token_id=token.id,
+            issued_at=now,
+            not_after=issued.not_after,
+        )
+    )
+    token.uses += 1
+    session.add(token)
+    actor = Actor(kind="enrolment-token", id=token.id, name=token.id)
+    summary = {"category": token.category, "person_id": token.person_id, "not_after": issued.not_after.isoformat()}
+    record(session, actor, "apple.identity_issued", "apple_identity", serial, summary)
+    return issued
+
+
+def _scep_token(session: Session, challenge: str | None) -> EnrollmentToken:
+    if not challenge:
+        raise scep.ScepFailure(scep.FailInfo.BAD_REQUEST, "The request carries no challenge password.", 401)
+    token = _token_by_secret(session, challenge)
+    if token is None:
+        raise scep.ScepFailure(
+            scep.FailInfo.BAD_REQUEST, "The challenge password is not an enrolment token the school issued.", 401
+        )
+    try:
+        _refuse_unusable(token)
+    except ProblemError as exc:
+        # badTime is SCEP's word for "no longer valid"; a revoked or used-up token is a bad request.
+        expired = token_status(token, utcnow()) == "expired"
+        fail_info = scep.FailInfo.BAD_TIME if expired else scep.FailInfo.BAD_REQUEST
+        raise scep.ScepFailure(fail_info, exc.detail, exc.status) from exc
+    return token
 
 
 # --- Revocation and the CRL ------------------------------------------------------------------------

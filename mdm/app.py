@@ -14,6 +14,7 @@ from compliance.os_releases import jobs as os_release_jobs
 from compliance.os_releases.api import router as os_releases_router
 from enrollment import jobs as enrollment_jobs
 from enrollment.api import router as enrollment_router
+from enrollment.scep_api import router as scep_router
 from exit_process import jobs as exit_jobs
 from exit_process.api import router as exit_router
 from mdm import housekeeping
@@ -61,6 +62,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     channel_router,
     apple_router,
     enrollment_router,
+    scep_router,
     profiles_router,
     exit_router,
     compliance_router,
@@ -124,6 +126,7 @@ def create_app(
     app.state.ca = runtime.ca
     app.state.sealer = runtime.sealer
     app.state.profile_signer = runtime.profile_signer
+    app.state.scep_keys = runtime.scep_keys  # made on first use: see Runtime.scep_keys
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -7,11 +7,19 @@ changes group; with one place that wires everything, no process can. Like mdm/ap
 it may import the domains.
 """
 
+import threading
 from collections.abc import Callable
 from functools import cached_property
 
 from enrollment import service as enrollment_service
-from enrollment.ca import CertificateAuthority, ProfileSigner, load_or_create_ca, load_or_create_profile_signer
+from enrollment.ca import (
+    CertificateAuthority,
+    ProfileSigner,
+    ScepKeys,
+    load_or_create_ca,
+    load_or_create_profile_signer,
+    load_or_create_scep_keys,
+)
 from exit_process import flows as exit_flows
 from mdm.database import Database, open_database
 from mdm.hooks import Hooks
@@ -33,6 +41,8 @@ class Runtime:
         self.database = database.with_hooks(
             domain_hooks(lambda: self.sealer, lambda: self.profile_signer, lambda: self.ca.certificate_pem)
         )
+        self._scep_keys: ScepKeys | None = None
+        self._scep_lock = threading.Lock()
 
     @cached_property
     def sealer(self) -> Sealer:
@@ -45,6 +55,16 @@ class Runtime:
     @cached_property
     def profile_signer(self) -> ProfileSigner:
         return load_or_create_profile_signer(self.settings.data_dir, self.ca, self.settings.ca_passphrase_value)
+
+    def scep_keys(self) -> ScepKeys:
+        """The RSA key SCEP clients encrypt to; made at the first SCEP request (an RSA key takes a moment
+        to generate, and most processes never need it), once, whichever request thread comes first."""
+        with self._scep_lock:
+            if self._scep_keys is None:
+                self._scep_keys = load_or_create_scep_keys(
+                    self.settings.data_dir, self.ca, self.settings.ca_passphrase_value
+                )
+            return self._scep_keys
 
     def close(self) -> None:
         self.database.dispose()

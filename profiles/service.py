@@ -110,6 +110,11 @@ def signed_mobileconfig(
     elif actor.kind != "device" and stored_payloads.has_secret(profile):
         record(session, actor, "profile.secret_read", "profile", profile.id, {"version": profile.version})
     document = configuration_profile(profile.identifier, profile.name, profile.version, payloads, ca_certificate_pem)
+    return signed_configuration(document, signer, ca_certificate_pem)
+
+
+def signed_configuration(document: dict[str, Any], signer: Any, ca_certificate_pem: str) -> bytes:
+    """Any Configuration dictionary as a signed .mobileconfig, as profiles' own are (enrolment's uses it)."""
     return sign_profile(plist_bytes(document), signer, ca_certificate_pem)
 
 

@@ -17,8 +17,9 @@ from mdm.channel.apple.dependencies import AppleSignature
 from mdm.dependencies import RequireRoles
 
 # Deliberately open: health for load balancers, the OpenAPI document and its viewers, enrolment (the
-# enrolment token is the credential, tested in test_enrollment) and the public PKI files that network
-# devices fetch (the CA certificate and the CRL).
+# enrolment token is the credential, tested in test_enrollment; for Apple devices, the enrolment
+# profile's link and SCEP's challenge, tested in test_apple_enrolment_profile and test_scep) and the
+# public PKI files that network devices fetch (the CA certificate and the CRL).
 OPEN_PATHS = {
     "/healthz",
     "/readyz",
@@ -27,6 +28,8 @@ OPEN_PATHS = {
     "/docs/oauth2-redirect",
     "/redoc",
     "/api/v1/enroll",
+    "/enroll/{secret}.mobileconfig",
+    "/scep",
     "/api/v1/pki/ca.pem",
     "/api/v1/pki/crl",
 }
