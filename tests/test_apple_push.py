@@ -363,3 +363,33 @@ def test_the_daily_check_warns_webhook_subscribers_within_30_days(client, auth, 
     event = json.loads(delivery.body)
     assert event["type"] == "apple.push_certificate_expiring"
     assert event["data"]["days_left"] == 10
+
+
+def test_the_minutely_job_pushes_through_the_replicas_gateway(runtime, portal, apns, settings, tmp_path):
+    from mdm.app import create_app
+    from mdm.scheduler import run_slot
+    from mdm.scheduler_models import JobRun
+
+    topic = load_certificate(runtime, portal, tmp_path)
+    apple_device(runtime.database, topic, commands_queued=3)
+    app = create_app(settings.model_copy(update={"scheduler": "on"}), runtime.database)
+    spec = app.state.scheduler.specs["apple-push"]
+    assert spec.cron == "* * * * *"
+
+    assert run_slot(runtime.database, spec, "2026-01-05T09:01:00+00:00")
+    assert not run_slot(runtime.database, spec, "2026-01-05T09:01:00+00:00")  # the slot is taken: one run
+
+    assert len(apns.pushes) == 1
+    with runtime.database.reading() as session:
+        [run] = session.exec(select(JobRun).where(JobRun.job == "apple-push")).all()
+    assert (run.status, run.detail) == ("completed", "pushed 1, dead tokens 0, waiting 0, refused 0")
+    app.state.apns.close()
+
+
+def test_a_token_that_is_not_hex_never_reaches_the_gateway(runtime, portal, apns, gateway, settings, tmp_path):
+    topic = load_certificate(runtime, portal, tmp_path)
+    device_id, _ = apple_device(runtime.database, topic, token="ab" * 16 + "/../../3/other", commands_queued=1)
+
+    assert wakeups.push_due(runtime.database, gateway, settings).dead == 1
+    assert apns.pushes == []
+    assert apple_row(runtime.database, device_id).push_token_dead_at is not None

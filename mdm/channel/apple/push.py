@@ -18,6 +18,7 @@ The gateway's TLS certificate is always verified (the system's trust store, or M
 
 import email.utils
 import json
+import re
 import secrets
 import ssl
 import tempfile
@@ -40,6 +41,8 @@ DEAD_TOKEN_REASONS = frozenset({"BadDeviceToken", "Unregistered", "DeviceTokenNo
 FIRST_WAIT = timedelta(seconds=5)
 LONGEST_WAIT = timedelta(minutes=30)
 REQUEST_TIMEOUT_SECONDS = 10.0
+# The token came from a device (TokenUpdate) and goes into the request's path: hex and nothing else.
+TOKEN = re.compile(r"[0-9a-fA-F]{16,200}")
 
 
 class Outcome(StrEnum):
@@ -89,6 +92,8 @@ class ApnsGateway:
 
     def push(self, certificate: SenderCertificate, target: PushTarget) -> PushResult:
         now = utcnow()
+        if not TOKEN.fullmatch(target.token):
+            return PushResult(Outcome.gone, "the device's push token is not hex; it needs a new TokenUpdate")
         waiting = self._waiting(target.token, now)
         if waiting is not None:
             return waiting
