@@ -4,6 +4,9 @@ Pushes are coalesced: every minute, one set-based query finds the Apple devices 
 due (what the queue would hand them if they connected now), a live push token, and no push within
 the interval; each gets one push, however many commands wait. Devices are read in pages by id and
 no transaction stays open while APNs is asked. A device's failure is counted and the others go on.
+Pushes go one after another over one HTTP/2 connection: httpx's sync client, shared by threads, was
+seen to open streams out of order (a protocol error APNs answers with GOAWAY); an async sender with
+many streams in flight is the way to more than a few hundred pushes a second.
 
 Also the daily check of the certificate's expiry, which warns subscribers 30 days ahead.
 """
