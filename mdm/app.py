@@ -24,7 +24,10 @@ from mdm.auth.api import router as tokens_router
 from mdm.bootstrap import bootstrap
 from mdm.channel.agent import jobs as channel_jobs
 from mdm.channel.agent.api import router as channel_router
+from mdm.channel.apple import wakeups as apple_wakeups
 from mdm.channel.apple.api import router as apple_router
+from mdm.channel.apple.push import ApnsGateway
+from mdm.channel.apple.push_api import router as apple_push_router
 from mdm.commands.api import router as commands_router
 from mdm.database import Database
 from mdm.devices.api import router as devices_router
@@ -61,6 +64,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     commands_router,
     channel_router,
     apple_router,
+    apple_push_router,
     enrollment_router,
     scep_router,
     profiles_router,
@@ -71,14 +75,17 @@ ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
-def scheduled_jobs(settings: Settings) -> list[JobSpec]:
+def scheduled_jobs(settings: Settings, apns: ApnsGateway | None = None) -> list[JobSpec]:
+    """`apns` is the replica's gateway, so the push job and the API share its back-off."""
     lease = timedelta(seconds=settings.job_lease_seconds)
-    return [replace(spec, lease=lease) for spec in _all_jobs(settings)]
+    return [replace(spec, lease=lease) for spec in _all_jobs(settings, apns)]
 
 
-def _all_jobs(settings: Settings) -> list[JobSpec]:
+def _all_jobs(settings: Settings, apns: ApnsGateway | None) -> list[JobSpec]:
+    apns = apns or ApnsGateway.from_settings(settings, Sealer.load_or_create(settings.data_dir))
     return [
         *channel_jobs.JOBS,
+        *apple_wakeups.jobs(apns, settings),
         *enrollment_jobs.JOBS,
         *exit_jobs.jobs(settings.timezone),
         *compliance_jobs.JOBS,
@@ -100,7 +107,10 @@ def create_app(
     runtime = bootstrap(settings, database)  # the database's sessions carry this app's domain hooks
     database = runtime.database
 
-    scheduler = Scheduler(database, scheduled_jobs(settings), settings.timezone) if settings.scheduler == "on" else None
+    apns = ApnsGateway.from_settings(settings, runtime.sealer)
+    scheduler = (
+        Scheduler(database, scheduled_jobs(settings, apns), settings.timezone) if settings.scheduler == "on" else None
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -109,6 +119,7 @@ def create_app(
         yield
         if scheduler is not None:
             scheduler.shutdown()
+        apns.close()
         if owns_database:
             database.dispose()
 
@@ -122,6 +133,7 @@ def create_app(
     app.state.scheduler = scheduler
     app.state.database = database
     app.state.abuse_limits = abuse_limits
+    app.state.apns = apns
     # Loaded now rather than on first use: request threads must not race to create the keys.
     app.state.ca = runtime.ca
     app.state.sealer = runtime.sealer

@@ -20,6 +20,8 @@ from mdm.private_files import private_dir
 from mdm.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # imported when a command needs it: it loads every domain, which `mdm agent` never does
+    from datetime import datetime
+
     from mdm.bootstrap import Runtime
 
 app = typer.Typer(
@@ -47,6 +49,13 @@ os_releases_app = typer.Typer(
     "Apple's come from the macadmins SOFA feeds, synced daily at 04:30; load a file for other platforms.",
     no_args_is_help=True,
 )
+apple_app = typer.Typer(help="Apple devices (iPads, iPhones, Macs): the APNs push certificate.", no_args_is_help=True)
+push_cert_app = typer.Typer(
+    help="The APNs push certificate that lets the service wake Apple devices; renew it every year.\n\n"
+    "`mdm apple push-csr --help` describes the whole path, from a request to a loaded certificate.",
+    no_args_is_help=True,
+)
+apple_app.add_typer(push_cert_app, name="push-cert")
 for sub, name in (
     (db_app, "db"),
     (token_app, "token"),
@@ -58,6 +67,7 @@ for sub, name in (
     (jobs_app, "jobs"),
     (compliance_app, "compliance"),
     (os_releases_app, "os-releases"),
+    (apple_app, "apple"),
 ):
     app.add_typer(sub, name=name)
 
@@ -626,6 +636,135 @@ def os_releases_list(
         )
     if not releases and not support:
         err.print("No OS release data yet: run `mdm os-releases sync`, or load a file.", highlight=False)
+
+
+# --- Apple devices: the push certificate ------------------------------------------------------------
+
+
+@push_cert_app.command("load")
+def push_cert_load(
+    cert: Annotated[
+        Path,
+        typer.Option(
+            help="The certificate from Apple's push certificates portal (PEM or DER).", exists=True, dir_okay=False
+        ),
+    ],
+    key: Annotated[
+        Path,
+        typer.Option(help="The private key the request was made with (PEM, unencrypted).", exists=True, dir_okay=False),
+    ],
+    new_topic: Annotated[
+        bool,
+        typer.Option(
+            "--new-topic",
+            help="Accept a certificate of another topic. Every Apple device enrolled so far then never hears a "
+            "push again and must enrol again.",
+        ),
+    ] = False,
+) -> None:
+    """Load (or renew) the APNs push certificate; it takes effect at once on running servers.
+
+    The key must match the certificate and the certificate must be valid now. The key is sealed in the
+    database with the data directory's key. A renewal must keep the topic (the certificate's UID): on
+    Apple's portal, Renew the existing certificate with the same Apple ID, never Create a new one.
+    """
+    from mdm.channel.apple import push_certificate
+    from mdm.ids import utcnow
+
+    files = _read_push_files(cert, key)
+    with _runtime() as runtime:
+        _require_schema(runtime.database)
+        try:
+            checked = push_certificate.read_files(files[0], files[1], utcnow())
+            with runtime.database.writing() as session:
+                outcome = push_certificate.load(session, checked, runtime.sealer, cli_actor(), new_topic=new_topic)
+        except ProblemError as exc:
+            _report_problem(exc)
+    if outcome.devices_cut_off:
+        err.print(
+            f"[yellow]warning:[/yellow] the topic changed from {outcome.previous_topic} to {outcome.topic}: "
+            f"{outcome.devices_cut_off} Apple device(s) enrolled under the old topic will never hear a push "
+            "again; they must enrol again.",
+            highlight=False,
+        )
+    verb = "loaded" if outcome.previous_topic is None else "renewed"
+    typer.echo(f"{verb}: topic {outcome.topic}, valid until {outcome.not_after:%Y-%m-%d %H:%M} UTC")
+    _warn_of_expiry(outcome.not_after)
+
+
+def _read_push_files(cert: Path, key: Path) -> tuple[bytes, bytes]:
+    try:
+        return cert.read_bytes(), key.read_bytes()
+    except OSError as exc:
+        _fail(f"could not read {exc.filename}: {exc.strerror}")
+        raise
+
+
+def _warn_of_expiry(not_after: "datetime") -> None:
+    from mdm.channel.apple.push_certificate import expiry_warning
+    from mdm.ids import utcnow
+
+    warning = expiry_warning(not_after, utcnow())
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+@push_cert_app.command("show")
+def push_cert_show() -> None:
+    """The loaded push certificate: topic, expiry, days left, and a warning from 30 days before it expires."""
+    from mdm.channel.apple import push_certificate
+    from mdm.ids import utcnow
+
+    with _database() as database, database.reading() as session:
+        current = push_certificate.status(session, utcnow())
+    if current is None:
+        _fail("no push certificate is loaded: `mdm apple push-cert load --cert push.pem --key push.key`.")
+        return
+    typer.echo(f"topic:      {current.topic}")
+    typer.echo(f"valid until: {current.not_after:%Y-%m-%d %H:%M} UTC ({current.days_left} day(s) left)")
+    typer.echo(f"loaded:     {current.loaded_at:%Y-%m-%d %H:%M} UTC by {current.loaded_by}")
+    _warn_of_expiry(current.not_after)
+
+
+@apple_app.command("push-csr")
+def push_csr(
+    key: Annotated[Path, typer.Option(help="The private key: used if it exists, else made here (RSA 2048, 0600).")],
+    out: Annotated[Path, typer.Option(help="Where to write the certificate signing request (PEM).")],
+    common_name: Annotated[str, typer.Option(help="The request's subject name.")] = "School MDM push certificate",
+    email: Annotated[str | None, typer.Option(help="A contact address for the request's subject.")] = None,
+) -> None:
+    """Write the certificate request (CSR) that starts an APNs push certificate.
+
+    Apple issues MDM push certificates only to requests an MDM vendor has signed. The path, once a
+    year:
+
+    1. `mdm apple push-csr --key push.key --out push.csr` (keep push.key private and backed up:
+    the renewal next year must be made with a request from a key you hold).
+
+    2. Have push.csr signed by an MDM vendor Apple has enrolled (for example through a signing service
+    such as mdmcert.download); you get back a signed request (a .plist, base64).
+
+    3. Upload it to Apple's push certificates portal (https://identity.apple.com) with the school's
+    managed Apple ID: "Create a Certificate" the first time, "Renew" every year after (renewing keeps
+    the topic, so enrolled devices keep hearing pushes). Download the certificate (.pem).
+
+    4. `mdm apple push-cert load --cert push.pem --key push.key`. Running servers use it at once.
+
+    The certificate lasts a year; `mdm apple push-cert show`, /readyz and the
+    apple.push_certificate_expiring webhook warn from 30 days before it expires.
+    """
+    from mdm.channel.apple.push_certificate import push_csr as make_csr
+
+    try:
+        request, created = make_csr(key, common_name, email)
+        out.write_bytes(request)
+    except ProblemError as exc:
+        _fail(f"{key}: {exc.detail}")
+    except OSError as exc:
+        _fail(f"could not write {exc.filename}: {exc.strerror}")
+    if created:
+        typer.echo(f"made a new private key in {key} (RSA 2048, readable by you alone); back it up")
+    typer.echo(f"wrote {out}: have it signed by an MDM vendor, then upload it to https://identity.apple.com")
 
 
 # --- the reference agent ---------------------------------------------------------------------------

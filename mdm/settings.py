@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # Behind a TLS proxy that checks Apple devices' client certificates and passes them on in RFC 9440's
     # Client-Cert header: only then may that header stand in for the Mdm-Signature (anyone can send it).
     trust_client_cert_header: bool = False
+    # APNs (mdm/channel/apple/push.py): Apple's production gateway. The gateway's certificate is always
+    # verified: against the system's trust store, or the CA file given (a TLS-inspecting proxy's, a test's).
+    apns_url: str = Field("https://api.push.apple.com", description="Apple's push gateway (HTTP/2, https only).")
+    apns_ca_file: Path | None = Field(None, description="CA certificates (PEM) to verify the APNs gateway with.")
+    # However many commands a device has due, it is woken at most once per interval.
+    apns_push_interval_seconds: int = Field(300, ge=10, le=86400)
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -79,6 +85,14 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {value!r}; use an IANA name like Europe/London") from exc
         return value
+
+    @field_validator("apns_url")
+    @classmethod
+    def _https_gateway(cls, value: str) -> str:
+        # The push certificate is a TLS client certificate: it only means something over TLS.
+        if not value.startswith("https://"):
+            raise ValueError("the APNs gateway is reached over https only, e.g. https://api.push.apple.com")
+        return value.rstrip("/")
 
     @field_validator("webhook_allowed_hosts")
     @classmethod

@@ -21,6 +21,7 @@ class EventType(StrEnum):
     compliance_run_completed = "compliance.run_completed"
     exit_step_failed = "exit.step_failed"
     exit_completed = "exit.completed"
+    apple_push_certificate_expiring = "apple.push_certificate_expiring"
 
 
 class DeliveryStatus(StrEnum):
