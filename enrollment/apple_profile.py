@@ -10,7 +10,9 @@ A pure function of its inputs: the caller looks the token up and signs the resul
 import uuid
 from typing import Any
 
-ENROLMENT_IDENTIFIER = "school-mdm.enrolment"
+from mdm.hooks import APPLE_ENROLMENT_PROFILE_IDENTIFIER
+
+ENROLMENT_IDENTIFIER = APPLE_ENROLMENT_PROFILE_IDENTIFIER  # RemoveMDM removes the profile by this name
 # PayloadUUIDs derive from this namespace and the token, so downloading a token's profile twice gives
 # the same profile. Never change it.
 _UUID_NAMESPACE = uuid.UUID("3f4c8e52-6a0b-4d0e-9d6b-5f7a1c2e9b10")

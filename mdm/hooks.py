@@ -59,6 +59,11 @@ class AppleAppSource:
     manifest_url: str | None
 
 
+# The enrolment profile's PayloadIdentifier: the enrolment domain writes it into the profile, and the
+# Apple adapter removes the profile by it (RemoveMDM), so both must name the same one.
+APPLE_ENROLMENT_PROFILE_IDENTIFIER = "school-mdm.enrolment"
+
+
 @dataclass(frozen=True)
 class AppleClaim:
     """What an Apple device says about itself in its Authenticate message (keys some devices omit are None)."""

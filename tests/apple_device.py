@@ -1,10 +1,10 @@
 """A simulated Apple device for tests: plist messages, `Mdm-Signature` made with asn1crypto and cryptography.
 
-Its identity comes from `scep_identity`, which stands in for SCEP until the SCEP server lands: it issues
-a certificate from the school CA for a fresh RSA key and records it as an identity issued against an
-enrolment token, exactly what a SCEP enrolment leaves behind. Swap it for a real SCEP exchange then.
-The device talks through any client with httpx's interface (FastAPI's TestClient, or httpx against
-a live `mdm serve`).
+Its identity comes from `enrol_with_profile`, as an iPad's does: it downloads the enrolment profile a
+token's QR code links to, and asks the SCEP server named there for a certificate with the profile's
+challenge. `scep_identity` leaves behind what such an enrolment leaves (a school-CA certificate recorded
+against the token) for tests about the check-in channel alone. The device talks through any client
+with httpx's interface (FastAPI's TestClient, or httpx against a live `mdm serve`).
 """
 
 import base64
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from enrollment.models import AppleIdentity
 from mdm.bootstrap import Runtime
+from tests import scep_client
 from tests.pki import csr_pem
 
 HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256}
@@ -52,6 +53,27 @@ def scep_identity(runtime: Runtime, token_id: str, *, key: rsa.RSAPrivateKey | N
             )
         )
     return Identity(key, certificate)
+
+
+def enrol_with_profile(client: Any, token_secret: str) -> tuple[Identity, dict[str, Any]]:
+    """What an iPad does with a token's QR code: install the profile, get an identity by SCEP.
+
+    Returns the identity and the profile's `com.apple.mdm` payload (its URLs, topic and identifier).
+    """
+    download = client.get(f"/enroll/{token_secret}.mobileconfig")
+    assert download.status_code == 200, download.text
+    signed = cms.ContentInfo.load(download.content)["content"]["encap_content_info"]["content"].native
+    payloads = {p["PayloadType"]: p for p in plistlib.loads(signed)["PayloadContent"]}
+    scep = payloads["com.apple.security.scep"]["PayloadContent"]
+    ca_cert = client.get("/scep", params={"operation": "GetCACert"})
+    recipients = scep_client.recipients_from_ca_cert(ca_cert.content, ca_cert.headers["content-type"])
+    request = scep_client.pkcs_req(recipients, scep["Challenge"], key=scep_client.new_rsa_key(scep["Keysize"]))
+    answer = client.post("/scep?operation=PKIOperation", content=request.der)
+    school_ca = x509.load_pem_x509_certificate(client.get("/api/v1/pki/ca.pem").content)
+    issued = scep_client.read_cert_rep(answer.content, request, school_ca)
+    assert issued.status == "0", issued
+    assert issued.certificate is not None
+    return Identity(request.key, issued.certificate), payloads["com.apple.mdm"]
 
 
 def mdm_signature(body: bytes, identity: Identity, *, digest: str = "sha256", signed_attributes: bool = True) -> str:

@@ -17,12 +17,18 @@ from mdm.actor import Role, cli_actor
 from mdm.auth.models import TokenCreate
 from mdm.auth.service import create_token
 from mdm.bootstrap import bootstrap
+from mdm.channel.apple import push_certificate
+from mdm.hooks import APPLE_ENROLMENT_PROFILE_IDENTIFIER
+from mdm.ids import utcnow
 from mdm.settings import Settings
-from tests.apple_device import AppleDevice, command_of, scep_identity
+from tests.apple_device import AppleDevice, command_of, enrol_with_profile
+from tests.fake_apns import ApplePortal
 from tests.live_server import live_server
 
-ENROLMENT_PROFILE = "uk.sch.mdm.enrolment"
 MATHS_STORE_ID = 361309726
+
+
+ENROLMENT_PROFILE = APPLE_ENROLMENT_PROFILE_IDENTIFIER
 
 
 @dataclass
@@ -105,9 +111,18 @@ def test_a_leavers_ipad_from_enrolment_to_exit_over_real_http(tmp_path, database
         assert staff.post("/api/v1/profiles", json=profile).status_code == 201
         token = staff.post("/api/v1/enrollment-tokens", json={"category": "authorised", "person_id": person}).json()
 
+        # The school loads its push certificate (the profile names its topic), then an iPad installs the
+        # profile from the token's QR link and gets its identity by SCEP, as a real one does.
+        cert_path, key_path, topic = ApplePortal().issue(tmp_path)
+        files = push_certificate.read_files(cert_path.read_bytes(), key_path.read_bytes(), utcnow())
+        with runtime.database.writing() as session:
+            push_certificate.load(session, files, runtime.sealer, cli_actor())
         state = IPadState()
         device_client = httpx.Client(base_url=server.url, timeout=30)
-        ipad = AppleDevice(device_client, scep_identity(runtime, token["id"]))
+        identity, mdm_payload = enrol_with_profile(device_client, token["token"])
+        assert mdm_payload["Topic"] == topic
+        assert mdm_payload["ServerURL"] == f"{server.url}/mdm/connect"
+        ipad = AppleDevice(device_client, identity)
         assert ipad.authenticate().status_code == 200
         assert ipad.token_update().status_code == 200
         first = serve(ipad, state)

@@ -23,12 +23,12 @@ from mdm.commands.intents import (
     RemoveProfile,
 )
 from mdm.commands.models import Command
-from mdm.hooks import hooks_of
+from mdm.hooks import APPLE_ENROLMENT_PROFILE_IDENTIFIER, hooks_of
 
 # The enrolment profile's PayloadIdentifier (the profile with the SCEP and MDM payloads). Removing it is
 # how Apple documents an MDM server letting a device go: the device removes it, and with it every
 # managed app and profile, then sends CheckOut. The enrolment profile must carry this same identifier.
-ENROLMENT_PROFILE_IDENTIFIER = "uk.sch.mdm.enrolment"
+ENROLMENT_PROFILE_IDENTIFIER = APPLE_ENROLMENT_PROFILE_IDENTIFIER
 # Managed apps go when the MDM profile goes (a leaver keeps the family's apps, never the school's).
 REMOVE_APP_WITH_MDM = 1
 
