@@ -24,6 +24,7 @@ from mdm.auth.api import router as tokens_router
 from mdm.bootstrap import bootstrap
 from mdm.channel.agent import jobs as channel_jobs
 from mdm.channel.agent.api import router as channel_router
+from mdm.channel.apple import jobs as apple_jobs
 from mdm.channel.apple import wakeups as apple_wakeups
 from mdm.channel.apple.api import router as apple_router
 from mdm.channel.apple.push import ApnsGateway
@@ -82,16 +83,16 @@ def scheduled_jobs(settings: Settings, apns: ApnsGateway | None = None) -> list[
 
 
 def _all_jobs(settings: Settings, apns: ApnsGateway | None) -> list[JobSpec]:
-    apns = apns or ApnsGateway.from_settings(settings, Sealer.load_or_create(settings.data_dir))
+    sealer = Sealer.load_or_create(settings.data_dir)
+    apns = apns or ApnsGateway.from_settings(settings, sealer)
     return [
         *channel_jobs.JOBS,
         *apple_wakeups.jobs(apns, settings),
+        *apple_jobs.jobs(settings),
         *enrollment_jobs.JOBS,
         *exit_jobs.jobs(settings.timezone),
         *compliance_jobs.JOBS,
-        *webhook_jobs.jobs(
-            Sealer.load_or_create(settings.data_dir), AllowList.from_settings(settings), settings.retention_days
-        ),
+        *webhook_jobs.jobs(sealer, AllowList.from_settings(settings), settings.retention_days),
         *os_release_jobs.jobs(settings),
         *housekeeping.jobs(settings.retention_days),
     ]

@@ -290,3 +290,49 @@ def test_an_unknown_command_uuid_is_no_reason_to_stop(client, auth, runtime):
     assert command is not None
     with runtime.database.reading() as session:
         assert session.get(Command, command["CommandUUID"]) is not None
+
+
+def test_the_inventory_job_asks_a_device_again_once_its_report_is_old_and_never_piles_up(
+    client, auth, runtime, database
+):
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from mdm.channel.apple.jobs import ask_for_inventory
+
+    class Context:  # what the scheduler hands a job; still_running only renews its lease
+        def __init__(self) -> None:
+            self.database = runtime.database
+
+        def still_running(self) -> None:
+            pass
+
+    ipad, device = _enrolled(client, auth, runtime)
+    _answer_queries(ipad, {"DeviceInformation": {"QueryResponses": {"OSVersion": "17.5.1"}}})
+
+    def open_queries() -> int:
+        with database.reading() as session:
+            rows = session.exec(
+                select(Command).where(
+                    Command.device_id == device["id"],
+                    Command.type == "QueryInventory",
+                    Command.status.in_(("queued", "sent", "not_now")),  # type: ignore[attr-defined]
+                )
+            )
+            return len(list(rows))
+
+    interval = timedelta(hours=4)
+    assert ask_for_inventory(Context(), interval).startswith("asked 0 Apple device(s)")  # its report is fresh
+    with database.write_engine.begin() as connection:
+        connection.execute(
+            text("UPDATE device_inventory SET reported_at = :old WHERE device_id = :d"),
+            {"old": "2020-01-01 00:00:00", "d": device["id"]},
+        )
+    assert ask_for_inventory(Context(), interval) == "asked 1 Apple device(s) for their inventory (5 queries queued)"
+    assert open_queries() == 5
+    assert ask_for_inventory(Context(), interval).endswith("(0 queries queued)")  # still open: none piled up
+    assert open_queries() == 5
+    assert sorted(_answer_queries(ipad, {})) == sorted(
+        ["DeviceInformation", "SecurityInfo", "InstalledApplicationList", "ManagedApplicationList", "ProfileList"]
+    )

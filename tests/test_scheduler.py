@@ -105,6 +105,7 @@ def test_the_scheduler_switch(settings, database):
     names = sorted(app.state.scheduler.specs)
     assert names == [
         "advance-open-exits",
+        "apple-inventory",
         "apple-push",
         "apple-push-certificate-expiry",
         "compliance-nightly",
