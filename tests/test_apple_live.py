@@ -6,18 +6,21 @@ it, after which the iPad can no longer answer, only check out.
 """
 
 import plistlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from asn1crypto import cms
+from sqlalchemy import text as sqltext
 
 from mdm.actor import Role, cli_actor
 from mdm.auth.models import TokenCreate
 from mdm.auth.service import create_token
 from mdm.bootstrap import bootstrap
 from mdm.channel.apple import push_certificate
+from mdm.channel.apple.service import queue_inventory_queries
 from mdm.hooks import APPLE_ENROLMENT_PROFILE_IDENTIFIER
 from mdm.ids import utcnow
 from mdm.settings import Settings
@@ -37,6 +40,7 @@ class IPadState:
     profiles: set[str] = field(default_factory=set)
     locked_with: str | None = None
     store: dict[int, str] = field(default_factory=lambda: {MATHS_STORE_ID: "com.school.maths"})
+    busy: bool = False  # the learner is in the middle of something: installs wait (NotNow)
 
     def run(self, command: dict[str, Any]) -> dict[str, Any]:
         """Does what the command says and answers with its data, as iPadOS would."""
@@ -71,6 +75,17 @@ class IPadState:
         self.profiles.clear()
 
 
+def compliance_of(staff: httpx.Client, device_id: str) -> tuple[str, list[str]]:
+    """Runs the compliance check as the nightly job does; the device's status and failed rules."""
+    run = staff.post("/api/v1/compliance/runs").json()
+    deadline = time.monotonic() + 30
+    while staff.get(f"/api/v1/compliance/runs/{run['id']}").json()["status"] == "running":
+        assert time.monotonic() < deadline, "the compliance run did not finish"
+        time.sleep(0.1)
+    verdict = staff.get(f"/api/v1/devices/{device_id}/compliance").json()
+    return verdict["status"], [failure["rule"] for failure in verdict["failures"]]
+
+
 def serve(ipad: AppleDevice, state: IPadState) -> list[str]:
     """One push's worth: connects and runs commands until none is due (or MDM is removed)."""
     seen = []
@@ -81,6 +96,9 @@ def serve(ipad: AppleDevice, state: IPadState) -> list[str]:
         if body == {"RequestType": "RemoveProfile", "Identifier": ENROLMENT_PROFILE}:
             state.remove_mdm()
             return seen  # the iPad is no longer managed: it cannot answer, only check out
+        if state.busy and body["RequestType"] == "InstallApplication":
+            command = command_of(ipad.connect("NotNow", command["CommandUUID"]))
+            continue
         answer = state.run(body)
         command = command_of(ipad.connect("Acknowledged", command["CommandUUID"], **answer))
     return seen
@@ -135,14 +153,33 @@ def test_a_leavers_ipad_from_enrolment_to_exit_over_real_http(tmp_path, database
         device = next(d for d in staff.get("/api/v1/devices").json()["items"] if d["serial"] == ipad.serial)
         assert (device["state"], device["protocol"], device["os_version"]) == ("enrolled", "apple", "17.5.1")
 
+        # The learner deletes the school's app. The next inventory shows it gone, the nightly check fails
+        # the device, and the reinstall (put off once with NotNow) brings it back to compliant.
+        del state.apps["com.school.maths"]
+        state.busy = True
+        with runtime.database.writing() as session:
+            queue_inventory_queries(session, [device["id"]], ("InstalledApplicationList", "ManagedApplicationList"))
+        assert "InstallApplication" in serve(ipad, state)  # queued at once; the iPad says not now
+        assert compliance_of(staff, device["id"]) == ("non_compliant", ["required_apps"])
+        state.busy = False
+        with runtime.database.writing() as session:  # the NotNow back-off (a minute) has passed
+            session.execute(sqltext("UPDATE command SET not_before = NULL WHERE status = 'not_now'"))
+        assert "InstallApplication" in serve(ipad, state)
+        serve(ipad, state)  # the app lists, asked again after the install
+        assert state.apps["com.school.maths"] is True
+        assert compliance_of(staff, device["id"]) == ("compliant", [])
+
         lock = staff.post(f"/api/v1/devices/{device['id']}/commands", json={"type": "DeviceLock", "message": "See IT"})
         assert lock.status_code == 201
         assert serve(ipad, state) == ["DeviceLock"]
         assert state.locked_with == "See IT"
 
         case = staff.post("/api/v1/exits", json={"person_id": person, "reason": "left school"}).json()
-        removals = serve(ipad, state)
-        removals += serve(ipad, state)
+        removals: list[str] = []
+        for _ in range(4):  # one push's worth each; the exit advances as the device answers
+            removals += serve(ipad, state)
+            if removals and removals[-1] == f"RemoveProfile {ENROLMENT_PROFILE}":
+                break
         assert "RemoveApplication com.school.maths" in removals
         assert "RemoveProfile uk.sch.example.proxy" in removals
         assert removals[-1] == f"RemoveProfile {ENROLMENT_PROFILE}"  # RemoveMDM, last
