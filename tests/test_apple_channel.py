@@ -212,6 +212,21 @@ def test_a_revoked_ipad_is_403_and_gets_no_command(client, auth, runtime):
     assert "revoked" in response.json()["detail"]
 
 
+def test_an_expired_identity_is_403_and_gets_no_command(client, auth, runtime, database):
+    from sqlalchemy import text
+
+    ipad, device = _enrolled(client, auth, runtime)
+    client.post(f"/api/v1/devices/{device['id']}/commands", json={"type": "DeviceLock"}, headers=auth(Role.admin))
+    with database.write_engine.begin() as connection:
+        connection.execute(
+            text("UPDATE device_certificate SET not_after = :past WHERE device_id = :d"),
+            {"past": "2020-01-01 00:00:00", "d": device["id"]},
+        )
+    response = ipad.connect()
+    assert response.status_code == 403
+    assert "expired" in response.json()["detail"]
+
+
 def test_a_second_authenticate_for_an_enrolled_udid_from_another_identity_is_refused(client, auth, runtime):
     ipad, _ = _enrolled(client, auth, runtime)
     token = _token(client, auth)
