@@ -7,7 +7,7 @@ import pytest
 from mdm.actor import Role
 from mdm.channel.apple import queries, render
 from mdm.commands import intents
-from mdm.hooks import AppleAppSource
+from mdm.hooks import APPLE_ENROLMENT_PROFILE_IDENTIFIER, AppleAppSource
 from tests.apple_schema import validate_command
 
 
@@ -45,7 +45,7 @@ def test_every_rendered_command_validates_against_apples_schema(intent, monkeypa
 def test_remove_mdm_removes_the_enrolment_profile():
     assert render.render(None, intents.RemoveMDM()) == {  # type: ignore[arg-type]
         "RequestType": "RemoveProfile",
-        "Identifier": "uk.sch.mdm.enrolment",
+        "Identifier": APPLE_ENROLMENT_PROFILE_IDENTIFIER,  # the one the enrolment profile carries
     }
 
 
