@@ -351,3 +351,11 @@ def test_the_inventory_job_asks_a_device_again_once_its_report_is_old_and_never_
     assert sorted(_answer_queries(ipad, {})) == sorted(
         ["DeviceInformation", "SecurityInfo", "InstalledApplicationList", "ManagedApplicationList", "ProfileList"]
     )
+
+
+def test_device_information_updates_the_devices_model_and_name(client, auth, runtime):
+    ipad, device = _enrolled(client, auth, runtime)
+    facts = {"QueryResponses": {"OSVersion": "17.6", "ProductName": "iPad14,1", "DeviceName": "Cart 3 iPad 7"}}
+    _answer_queries(ipad, {"DeviceInformation": facts})
+    shown = client.get(f"/api/v1/devices/{device['id']}", headers=auth(Role.technician)).json()
+    assert (shown["model"], shown["name"], shown["os_version"]) == ("iPad14,1", "Cart 3 iPad 7", "17.6")

@@ -448,6 +448,17 @@ def mark_checked_in(session: Session, device: Device, os_version: str | None, no
     session.add(device)
 
 
+def note_reported_facts(session: Session, device: Device, facts: dict[str, str | None], now: datetime) -> None:
+    """The device's own word on its model and name (Apple's DeviceInformation), where it gave one."""
+    reported = {key: value for key, value in facts.items() if key in ("model", "name") and value}
+    changed = {key: value for key, value in reported.items() if getattr(device, key) != value}
+    for key, value in changed.items():
+        setattr(device, key, value)
+    if changed:
+        device.updated_at = now
+        session.add(device)
+
+
 def set_state(session: Session, device: Device, state: DeviceState, *, unassign: bool = False) -> None:
     device.state = state.value
     if unassign:

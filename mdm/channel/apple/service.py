@@ -169,6 +169,8 @@ def _merge_answer(session: Session, device: Device, command: Command, report: Re
         log.warning("apple device %s sent a %s answer that does not read: %s", device.id, intent.query, exc)
         return False
     channel.report_inventory(session, device, piece, now, partial=True)
+    if intent.query == queries.DEVICE_INFORMATION:
+        devices.note_reported_facts(session, device, queries.device_facts(report.document), now)
     return True
 
 
