@@ -164,6 +164,8 @@ def _passcode(e: Evidence, p: dict[str, Any], _now: datetime, _os: OsCatalogue) 
     length, minimum = reported.passcode_length, int(p.get("min_length", 6))
     if reported.passcode_set and length is not None and length < minimum:
         return f"the passcode has {length} characters, fewer than {minimum}"
+    if reported.passcode_compliant is False:  # the device's own verdict against the passcode profile (Apple)
+        return "the passcode does not meet the school's passcode profile"
     return None
 
 

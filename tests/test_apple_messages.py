@@ -134,6 +134,7 @@ def test_security_info_reads_passcode_and_encryption():
     piece = queries.inventory_piece(queries.SECURITY_INFO, ios.document, {})
     # No passcode: data protection is off even though the hardware could encrypt.
     assert (piece.passcode_set, piece.encrypted) == (False, False)
+    assert piece.passcode_compliant is True  # the device's own verdict against the passcode profile
     mac = read_report((folder / "macOS-10.13.1.xml").read_bytes())
     assert queries.inventory_piece(queries.SECURITY_INFO, mac.document, {}).encrypted is not None
 

@@ -46,6 +46,7 @@ def reported(snapshot: dict | None, apps: dict[str, dict], profiles: dict[str, i
         os_version=snapshot.get("os_version"),
         passcode_set=snapshot.get("passcode_set"),
         passcode_length=snapshot.get("passcode_length"),
+        passcode_compliant=snapshot.get("passcode_compliant"),
         jailbroken=snapshot.get("jailbroken"),
         malware_protection=(
             MalwareStatus(malware["enabled"], datetime.fromisoformat(malware["definitions_updated_at"]))
@@ -141,6 +142,12 @@ def test_passcode_set_and_length_boundary():
     assert "passcode" not in failures(evidence(snapshot={**SNAPSHOT, "passcode_length": 6}))
     assert "passcode" in failures(evidence(snapshot={**SNAPSHOT, "passcode_length": 5}))
     assert "passcode" not in failures(evidence(snapshot={**SNAPSHOT, "passcode_set": None}))
+
+
+def test_a_passcode_the_device_says_falls_short_of_the_profile_fails():
+    failed = failures(evidence(snapshot={**SNAPSHOT, "passcode_compliant": False}))
+    assert failed["passcode"] == "the passcode does not meet the school's passcode profile"
+    assert "passcode" not in failures(evidence(snapshot={**SNAPSHOT, "passcode_compliant": True}))
 
 
 def test_malware_protection_where_reported():

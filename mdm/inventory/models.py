@@ -75,6 +75,8 @@ class Inventory(Reported):
     build: Version | None = None
     passcode_set: bool | None = None
     passcode_length: int | None = PydanticField(None, ge=0, le=256)
+    # Whether the passcode meets what the school's passcode profile asks (Apple's PasscodeCompliant).
+    passcode_compliant: bool | None = None
     encrypted: bool | None = None
     jailbroken: bool | None = None
     malware_protection: MalwareProtection | None = None
@@ -104,6 +106,7 @@ class ReportedInventory:
     build: str | None = None
     passcode_set: bool | None = None
     passcode_length: int | None = None
+    passcode_compliant: bool | None = None
     encrypted: bool | None = None
     jailbroken: bool | None = None
     malware_protection: MalwareStatus | None = None

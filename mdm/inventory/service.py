@@ -216,6 +216,7 @@ def _typed(snapshot: dict[str, Any], profiles: dict[str, int | None]) -> Reporte
         build=snapshot.get("build"),
         passcode_set=snapshot.get("passcode_set"),
         passcode_length=snapshot.get("passcode_length"),
+        passcode_compliant=snapshot.get("passcode_compliant"),
         encrypted=snapshot.get("encrypted"),
         jailbroken=snapshot.get("jailbroken"),
         malware_protection=_malware(snapshot.get("malware_protection")),

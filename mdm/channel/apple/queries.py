@@ -89,7 +89,9 @@ def _security(info: Mapping[str, Any]) -> Inventory:
         encrypted = (caps & 3) == 3 and passcode_set is True
     else:
         encrypted = None
-    return _only_known(passcode_set=passcode_set, encrypted=encrypted)
+    compliant = info.get("PasscodeCompliant")
+    passcode_compliant = compliant if isinstance(compliant, bool) else None
+    return _only_known(passcode_set=passcode_set, passcode_compliant=passcode_compliant, encrypted=encrypted)
 
 
 def _only_known(**fields: Any) -> Inventory:
