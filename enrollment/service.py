@@ -251,18 +251,25 @@ def enroll(
         "aup_accepted": request.aup_accepted,
     }
     record(session, actor, "device.enroll", "device", device.id, summary)
-    desired_state.devices_changed(session, device_ids=[device.id])
-    webhooks.emit(
-        session,
-        "device.enrolled",
-        {"device_id": device.id, "serial": device.serial, "category": category.value, "person_id": device.person_id},
-    )
+    _announce_enrolled(session, device)
     return EnrollResponse(
         device_id=device.id,
         certificate=issued.pem,
         ca_certificates=[ca.certificate_pem],
         checkin_url=f"{base_url}/api/v1/devices/{device.id}/checkin",
     )
+
+
+def _announce_enrolled(session: Session, device: Device) -> None:
+    """Whatever the protocol: the device gets its desired state, and the school's systems hear of it."""
+    desired_state.devices_changed(session, device_ids=[device.id])
+    payload = {
+        "device_id": device.id,
+        "serial": device.serial,
+        "category": device.category,
+        "person_id": device.person_id,
+    }
+    webhooks.emit(session, "device.enrolled", payload)
 
 
 def _bind_device(
@@ -463,7 +470,8 @@ class AppleEnrolments:
         if token.revoked_at is not None:
             raise ProblemError(403, "The enrolment token behind this identity has been revoked. Ask IT for a new one.")
         category = Category(token.category)
-        _check_apple_policy(session, category)
+        # Installing the enrolment profile accepted the AUP (the profile says so): SCEP checked it that way too.
+        _check_policy(session, category, aup_accepted=True)
         device = _apple_device_to_bind(session, claim, token)
         previous_state = device.state if device else None
         device = _bind_apple_device(session, device, claim, token, category)
@@ -504,17 +512,7 @@ class AppleEnrolments:
             "protocol": "apple",
         }
         record(session, actor, "device.enroll", "device", device.id, summary)
-        desired_state.devices_changed(session, device_ids=[device.id])
-        webhooks.emit(
-            session,
-            "device.enrolled",
-            {
-                "device_id": device.id,
-                "serial": device.serial,
-                "category": device.category,
-                "person_id": device.person_id,
-            },
-        )
+        _announce_enrolled(session, device)
 
     def check_out(self, session: Session, device_id: str) -> None:
         device = devices.lock_for_update(session, device_id)
@@ -543,15 +541,6 @@ def _apple_identity(session: Session, certificate_serial: str) -> AppleIdentity:
             401, "This certificate was not issued to enrol an Apple device: install the enrolment profile."
         )
     return identity
-
-
-def _check_apple_policy(session: Session, category: Category) -> None:
-    if not access_policy.get_rule(session, category).allowed:
-        raise ProblemError(
-            403,
-            f"The school's access policy does not allow {category.value.replace('_', ' ')} devices in school, "
-            "so this device cannot be enrolled.",
-        )
 
 
 def _apple_device_to_bind(session: Session, claim: AppleClaim, token: EnrollmentToken) -> Device | None:

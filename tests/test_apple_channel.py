@@ -359,3 +359,37 @@ def test_device_information_updates_the_devices_model_and_name(client, auth, run
     _answer_queries(ipad, {"DeviceInformation": facts})
     shown = client.get(f"/api/v1/devices/{device['id']}", headers=auth(Role.technician)).json()
     assert (shown["model"], shown["name"], shown["os_version"]) == ("iPad14,1", "Cart 3 iPad 7", "17.6")
+
+
+def test_an_apple_identity_cannot_take_a_school_device_by_claiming_its_serial(client, auth, runtime, database):
+    """The attack of the agent's H1, over Apple's protocol: an identity from any token claims a known serial."""
+    person = client.post(
+        "/api/v1/people",
+        json={"external_id": "V1", "kind": "learner", "display_name": "Victim", "groups": []},
+        headers=auth(Role.admin),
+    ).json()["id"]
+    registered = client.post(
+        "/api/v1/devices",
+        json={"serial": "DMPVICTIM01", "platform": "ipados", "category": "school_single_user", "person_id": person},
+        headers=auth(Role.admin),
+    )
+    assert registered.status_code == 201, registered.text
+    # A token of another category, or one made for another person (the agent's rules, the same refusals).
+    other = client.post(
+        "/api/v1/people",
+        json={"external_id": "T1", "kind": "learner", "display_name": "Thief", "groups": []},
+        headers=auth(Role.admin),
+    ).json()["id"]
+    for token in (_token(client, auth, "school_shared"), _token(client, auth, "school_single_user", other)):
+        thief = SimulatedIPad(client, scep_identity(runtime, token["id"]), serial="DMPVICTIM01")
+        refused = thief.authenticate()
+        assert refused.status_code == 409, refused.text
+    device = _device(client, auth, "DMPVICTIM01")
+    assert (device["state"], device["category"], device["person_id"], device["protocol"]) == (
+        "registered",
+        "school_single_user",
+        person,
+        "agent",
+    )
+    with database.reading() as session:
+        assert session.get(AppleDevice, device["id"]) is None

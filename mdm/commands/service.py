@@ -8,7 +8,7 @@ serialised by the caller (a row lock on the device), so two never take the same 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam
+from sqlalchemy import Select, bindparam, insert
 from sqlmodel import Session, col, select
 
 from mdm.actor import Actor
@@ -64,6 +64,38 @@ def queue_command(
     session.add(command)
     session.flush()
     return command
+
+
+def queue_for_devices(
+    session: Session,
+    device_ids: list[str],
+    intent: Intent,
+    created_by: str,
+    *,
+    target: str | None = None,
+    intent_key: str | None = None,
+) -> int:
+    """The same command for many devices, in one INSERT (a job working through a page of devices)."""
+    now, payload = utcnow(), intent.payload()
+    rows = [
+        {
+            "id": new_id(),
+            "device_id": device_id,
+            "type": intent.command_type().value,
+            "payload": payload,
+            "target": target,
+            "intent": intent_key,
+            "status": CommandStatus.queued.value,
+            "created_at": now,
+            "created_by": created_by,
+            "deliveries": 0,
+            "not_now_count": 0,
+        }
+        for device_id in device_ids
+    ]
+    if rows:
+        session.execute(insert(Command), rows)
+    return len(rows)
 
 
 def open_commands(session: Session, device_id: str, command_type: CommandType | None = None) -> list[Command]:

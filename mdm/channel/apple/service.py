@@ -214,17 +214,9 @@ def queue_inventory_queries(session: Session, device_ids: list[str], only: tuple
         )
     )
     queued = 0
-    for device_id in device_ids:
-        for query in only:
-            if (device_id, query_target(query)) in open_targets:
-                continue
-            commands.queue_command(
-                session,
-                device_id,
-                QueryInventory(query=query),
-                QUERY_CREATOR,
-                target=query_target(query),
-                intent_key="query",
-            )
-            queued += 1
+    for query in only:  # one INSERT per kind of query, whatever the number of devices
+        asking = [d for d in device_ids if (d, query_target(query)) not in open_targets]
+        queued += commands.queue_for_devices(
+            session, asking, QueryInventory(query=query), QUERY_CREATOR, target=query_target(query), intent_key="query"
+        )
     return queued
