@@ -15,11 +15,12 @@ from mdm.sealing import Sealer
 from mdm.settings import Settings
 
 
-def get_database(request: Request) -> Database:
+# Async, though they do no I/O: FastAPI runs a plain `def` dependency in its thread pool, a hop per request.
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -41,7 +42,7 @@ AppSettings = Annotated[Settings, Depends(get_settings_dep)]
 AppDatabase = Annotated[Database, Depends(get_database)]
 
 
-def get_sealer(request: Request) -> Sealer:
+async def get_sealer(request: Request) -> Sealer:
     return request.app.state.sealer
 
 

@@ -5,6 +5,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 from cryptography import x509
 from fastapi.testclient import TestClient
@@ -369,24 +370,31 @@ def test_bad_checkin_body_is_422_after_a_good_signature(client, auth):
     assert response.json()["errors"][0]["field"].startswith("inventory")
 
 
-def test_old_nonces_are_purged_at_the_next_checkin(client, auth, database):
+def test_a_quiet_checkin_replayed_after_the_nonce_purge_is_still_refused(client, auth, database):
+    """Check-ins no longer purge nonces; the scheduled purge forgets only those past the skew window."""
+    from datetime import timedelta
+
     from sqlalchemy import text
 
+    from mdm.channel.agent.jobs import purge_stale_nonces
+    from mdm.scheduler import JobContext
+
     device = Device(client, auth)
+    assert device.checkin().status_code == 200  # stored: the next identical report changes nothing
     with database.write_engine.begin() as connection:
         connection.execute(
             text("INSERT INTO device_nonce (device_id, nonce, seen_at) VALUES (:id, :n, '2020-01-01 00:00:00')"),
             {"id": device.id, "n": "an-old-nonce-0000"},
         )
-    device.checkin()
-    with database.read_engine.connect() as connection:
-        nonces = (
-            connection.execute(text("SELECT nonce FROM device_nonce WHERE device_id = :id"), {"id": device.id})
-            .scalars()
-            .all()
-        )
-    assert "an-old-nonce-0000" not in nonces
-    assert len(nonces) == 1  # this check-in's own nonce
+    path = f"/api/v1/devices/{device.id}/checkin"
+    body = json.dumps({"inventory": INVENTORY}).encode()
+    headers = signed_headers(device.key, "POST", path, body)
+    assert client.post(path, content=body, headers=headers).status_code == 200
+    context = JobContext(database, "purge-stale-nonces", datetime.now(UTC), "test", timedelta(minutes=1))
+    assert purge_stale_nonces(context) == "purged 1 nonce(s)"
+    replay = client.post(path, content=body, headers=headers)
+    assert replay.status_code == 401
+    assert "replay" in replay.json()["detail"]
 
 
 def test_the_school_never_erases_a_personal_device(client, auth):

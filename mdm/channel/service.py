@@ -7,10 +7,18 @@ hands over the commands due as intents for the adapter to render, and records th
 NanoMDM's service interface: the HTTP and the wire format stay in the adapter.
 
 A revoked or expired certificate, or a device no longer managed, is 403 on every protocol alike.
+
+Most connects change nothing: a converged device reports what it reported last time and has no
+commands waiting. `standing` reads what decides that before any write lock is taken, and
+`pass_quietly` then records the check-in in one conditional UPDATE. Its WHERE clause repeats every
+condition the read saw, so whatever changed in between (a revocation, a retirement, a queued command,
+another report) makes it touch nothing, and the adapter takes the full path inside the same transaction.
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import and_, bindparam, exists, select, update
 from sqlmodel import Session
 
 from mdm import desired_state
@@ -18,11 +26,11 @@ from mdm.actor import Actor
 from mdm.audit.service import record
 from mdm.commands import service as commands
 from mdm.commands.intents import Intent, intent_of
-from mdm.commands.models import Command, CommandResult
+from mdm.commands.models import OPEN_STATUSES, Command, CommandResult
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceCertificate, DeviceState
 from mdm.errors import ProblemError
-from mdm.inventory.models import Inventory
+from mdm.inventory.models import DeviceInventory, Inventory
 from mdm.inventory.service import store_inventory
 
 REFUSED_STATES = {DeviceState.retired.value: "retired", DeviceState.in_stock.value: "wiped and back in stock"}
@@ -42,15 +50,100 @@ def admit(
     identity is still live, the device has proven its re-enrolment: only now is the old one revoked.
     """
     device = devices.lock_for_update(session, device_id)
+    refuse_unless_admissible(proven, device.state, now)
+    if _proves_reenrolment(proven, candidates):
+        _supersede_older_identities(session, device, proven)
+    return device
+
+
+def refuse_unless_admissible(proven: DeviceCertificate, device_state: str, now: datetime) -> None:
+    """403 when the identity is revoked or expired, or the device is no longer managed."""
     if proven.revoked_at is not None:
         raise ProblemError(403, "This device's certificate has been revoked; enrol it again to manage it.")
     if proven.not_after <= now:
         raise ProblemError(403, "This device's certificate has expired; enrol it again.")
-    if device.state in REFUSED_STATES:
-        raise ProblemError(403, f"This device is {REFUSED_STATES[device.state]}; it is no longer managed.")
-    if proven is candidates[0] and any(c.revoked_at is None for c in candidates[1:]):
-        _supersede_older_identities(session, device, proven)
-    return device
+    if device_state in REFUSED_STATES:
+        raise ProblemError(403, f"This device is {REFUSED_STATES[device_state]}; it is no longer managed.")
+
+
+def _proves_reenrolment(proven: DeviceCertificate, candidates: list[DeviceCertificate]) -> bool:
+    return proven is candidates[0] and any(c.revoked_at is None for c in candidates[1:])
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A device as a read outside any write lock sees it: what decides whether a connect changes anything."""
+
+    state: str
+    os_version: str | None
+    inventory_hash: str | None
+    has_open_commands: bool
+
+    def is_quiet(self, proven: DeviceCertificate, candidates: list[DeviceCertificate]) -> bool:
+        """Nothing to store, deliver or revoke: the connect only says the device is still there."""
+        return not self.has_open_commands and not _proves_reenrolment(proven, candidates)
+
+
+def standing(session: Session, device_id: str) -> Standing | None:
+    """The device's state, its stored inventory's hash and whether commands wait; None for an unknown id."""
+    row = session.execute(_STANDING, {"device_id": device_id}).first()
+    return Standing(*row) if row is not None else None
+
+
+def pass_quietly(
+    session: Session,
+    device_id: str,
+    proven: DeviceCertificate,
+    seen: Standing,
+    now: datetime,
+    *,
+    report_hash: str | None = None,
+) -> bool:
+    """Records a check-in that changes nothing else; False, touching nothing, when anything moved since `seen`.
+
+    `report_hash`: the hash of the whole inventory the device just reported, which must be the stored one.
+    Without it (Apple's idle connect carries no inventory) the stored inventory is left as it is.
+    """
+    values = {"device_id": device_id, "proven_serial": proven.serial_number, "now": now, "seen_os": seen.os_version}
+    if report_hash is None:
+        return bool(session.execute(_QUIET_CHECKIN, values).rowcount)  # type: ignore[attr-defined]
+    return bool(session.execute(_QUIET_CHECKIN_WITH_REPORT, {**values, "report_hash": report_hash}).rowcount)  # type: ignore[attr-defined]
+
+
+# Core tables, not ORM entities: every agent check-in and every Apple connect runs these, and the ORM's
+# statement machinery (identity map, update synchronisation) costs more than the statements themselves.
+_device = Device.__table__  # type: ignore[attr-defined]
+_certificate = DeviceCertificate.__table__  # type: ignore[attr-defined]
+_inventory = DeviceInventory.__table__  # type: ignore[attr-defined]
+_command = Command.__table__  # type: ignore[attr-defined]
+
+_OPEN_COMMANDS = exists().where(_command.c.device_id == _device.c.id, _command.c.status.in_(OPEN_STATUSES))
+_STANDING = (
+    select(_device.c.state, _device.c.os_version, _inventory.c.content_hash, _OPEN_COMMANDS)
+    .select_from(_device.outerjoin(_inventory, _inventory.c.device_id == _device.c.id))
+    .where(_device.c.id == bindparam("device_id"))
+)
+_STILL_QUIET = and_(
+    _device.c.id == bindparam("device_id"),
+    _device.c.state.not_in(tuple(REFUSED_STATES)),
+    _device.c.os_version.is_not_distinct_from(bindparam("seen_os")),
+    exists().where(
+        _certificate.c.serial_number == bindparam("proven_serial"),
+        _certificate.c.device_id == _device.c.id,
+        _certificate.c.revoked_at.is_(None),
+        _certificate.c.not_after > bindparam("now"),
+    ),
+    ~_OPEN_COMMANDS,
+)
+_QUIET_CHECKIN = update(_device).where(_STILL_QUIET).values(last_checkin_at=bindparam("now"))
+_QUIET_CHECKIN_WITH_REPORT = (
+    update(_device)
+    .where(
+        _STILL_QUIET,
+        exists().where(_inventory.c.device_id == _device.c.id, _inventory.c.content_hash == bindparam("report_hash")),
+    )
+    .values(last_checkin_at=bindparam("now"))
+)
 
 
 def _supersede_older_identities(session: Session, device: Device, proven: DeviceCertificate) -> None:

@@ -67,6 +67,17 @@ def store_inventory(
     return True
 
 
+def whole_report_hash(inventory: Inventory) -> str | None:
+    """The hash a whole report would be stored under, when it needs nothing stored to work out; else None.
+
+    A report listing a profile without its version takes the acknowledged one from what is stored.
+    """
+    document = inventory.model_dump(mode="json")
+    if any(profile["version"] is None for profile in document["profiles"]):
+        return None
+    return document_hash(document)
+
+
 class _StoredInventory:
     """A device's stored inventory, read as little as the report needs.
 

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from cryptography import x509
-from sqlalchemy import bindparam, delete
 from sqlmodel import Session
 
 from mdm.channel import service as channel
@@ -66,13 +65,13 @@ def parse_signed_request(
 def authenticate(session: Session, request: SignedRequest, now: datetime) -> Device:
     """The device, locked for the rest of the transaction, once its signature, identity and nonce hold."""
     candidates = channel.identity_candidates(session, request.device_id)
-    certificate = _signing_certificate(candidates, request)
+    certificate = signing_certificate(candidates, request)
     device = channel.admit(session, request.device_id, certificate, candidates, now)
-    _use_nonce(session, request, now)
+    use_nonce(session, request, now)
     return device
 
 
-def _signing_certificate(candidates: list[DeviceCertificate], request: SignedRequest) -> DeviceCertificate:
+def signing_certificate(candidates: list[DeviceCertificate], request: SignedRequest) -> DeviceCertificate:
     """The newest candidate whose key made the signature; 401 when none did."""
     if not candidates:
         raise unauthenticated("Unknown device, or a signature that does not verify.")
@@ -101,14 +100,8 @@ def _public_key(certificate_pem: str) -> VerifyingKey:
     return x509.load_pem_x509_certificate(certificate_pem.encode()).public_key()  # type: ignore[return-value]
 
 
-_STALE_NONCES = delete(DeviceNonce).where(
-    DeviceNonce.device_id == bindparam("device_id"),  # type: ignore[arg-type]
-    DeviceNonce.seen_at < bindparam("before"),  # type: ignore[arg-type,operator]
-)
-
-
-def _use_nonce(session: Session, request: SignedRequest, now: datetime) -> None:
-    session.execute(_STALE_NONCES, {"device_id": request.device_id, "before": now - NONCE_RETENTION})
+def use_nonce(session: Session, request: SignedRequest, now: datetime) -> None:
+    """401 when the nonce was seen before. Old nonces go in a scheduled purge (jobs.py), not on each request."""
     fresh = insert_ignoring_duplicates(
         session, DeviceNonce, {"device_id": request.device_id, "nonce": request.nonce, "seen_at": now}
     )

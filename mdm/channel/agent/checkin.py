@@ -1,0 +1,80 @@
+"""The agent's check-in, read first and written last: most check-ins hold the write lock for two statements.
+
+A converged device reports the inventory it reported last time and has nothing waiting. Everything
+that can refuse or decide a check-in is done before the write transaction: the identity is read and
+the signature verified (401), admission is checked (403) and the body validated (422), all without a
+write lock, so a forged or refused request never queues behind writers. The write transaction then
+records a quiet check-in with one conditional UPDATE and uses up the nonce. Anything else,
+or a quiet check-in that something changed under, takes the full path in the same transaction.
+"""
+
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlmodel import Session
+
+from mdm.channel import service as channel
+from mdm.channel.agent import auth
+from mdm.channel.agent.auth import SignedRequest
+from mdm.channel.agent.models import CheckinRequest, CheckinResponse
+from mdm.channel.agent.render import rendered
+from mdm.database import Database
+from mdm.devices.models import DeviceCertificate
+from mdm.errors import Invalid
+from mdm.ids import utcnow
+from mdm.inventory.models import Inventory
+from mdm.inventory.service import whole_report_hash
+from mdm.settings import Settings
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse(model: type[Body], body: bytes) -> Body:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        raise Invalid("The request body is invalid; see errors for each field.", errors) from exc
+
+
+def serve_checkin(database: Database, signed: SignedRequest, settings: Settings) -> CheckinResponse:
+    """The device's check-in: its report stored, and the commands due handed over."""
+    now = utcnow()
+    with database.reading() as session:
+        candidates = channel.identity_candidates(session, signed.device_id)
+        seen = channel.standing(session, signed.device_id)
+    proven = auth.signing_certificate(candidates, signed)
+    if seen is not None:  # None: deleted since; the full path says so
+        channel.refuse_unless_admissible(proven, seen.state, now)
+    report = parse(CheckinRequest, signed.body).inventory
+    report_hash = whole_report_hash(report)
+    quiet = seen is not None and report_hash == seen.inventory_hash and seen.is_quiet(proven, candidates)
+    with database.writing() as session:
+        # The device's row first, then the nonce (whose foreign key also touches that row): every
+        # check-in of one device takes its locks in the same order, so two never wait on each other.
+        if quiet and channel.pass_quietly(session, signed.device_id, proven, seen, now, report_hash=report_hash):
+            auth.use_nonce(session, signed, now)
+            return CheckinResponse(commands=[], next_checkin_seconds=settings.checkin_interval_seconds)
+        return _full_checkin(session, signed, proven, report, now, settings)
+
+
+def _full_checkin(
+    session: Session,
+    signed: SignedRequest,
+    proven: DeviceCertificate,
+    report: Inventory,
+    now: datetime,
+    settings: Settings,
+) -> CheckinResponse:
+    """Admission under the device's row lock, the report stored and reconciled, the due commands marked sent."""
+    candidates = channel.identity_candidates(session, signed.device_id)
+    current = next((c for c in candidates if c.serial_number == proven.serial_number), None)
+    if current is None:  # the identity went between the read and the lock
+        raise auth.unauthenticated("Unknown device, or a signature that does not verify.")
+    device = channel.admit(session, signed.device_id, current, candidates, now)
+    auth.use_nonce(session, signed, now)
+    channel.report_inventory(session, device, report, now)
+    redelivery = timedelta(seconds=settings.command_redelivery_seconds)
+    due = channel.next_commands(session, device.id, now, redelivery)
+    return CheckinResponse(commands=rendered(session, due), next_checkin_seconds=settings.checkin_interval_seconds)
