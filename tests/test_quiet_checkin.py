@@ -106,3 +106,21 @@ def test_a_refused_quiet_checkin_writes_nothing(client, auth, database):
     assert response.status_code == 403
     assert last_checkin(database, device.id) == before
     assert nonces(database, device.id) == nonces_before
+
+
+def test_an_apple_idle_connect_is_quiet_until_a_revocation_lands_between_the_read_and_the_write(
+    client, auth, runtime, database, monkeypatch
+):
+    from tests.test_apple_channel import _answer_queries, _enrolled
+
+    ipad, device = _enrolled(client, auth, runtime)
+    _answer_queries(ipad, {})  # the inventory queries TokenUpdate queued: now nothing waits
+    before = last_checkin(database, device["id"])
+    idle = ipad.connect()
+    assert (idle.status_code, idle.content) == (200, b"")
+    assert last_checkin(database, device["id"]) != before
+    revoke = "UPDATE device_certificate SET revoked_at = :now WHERE device_id = :id"
+    between_read_and_write(monkeypatch, lambda: execute(database, revoke, id=device["id"], now=datetime.now(UTC)))
+    refused = ipad.connect()
+    assert refused.status_code == 403
+    assert "revoked" in refused.json()["detail"]

@@ -7,8 +7,10 @@ bodies are problem+json, which devices ignore and people reading a proxy's log c
 
 import plistlib
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from mdm.channel.apple import service
 from mdm.channel.apple.dependencies import Signed
@@ -16,11 +18,14 @@ from mdm.channel.apple.messages import (
     Authenticate,
     CheckOut,
     MessageError,
+    Report,
     TokenUpdate,
     read_checkin,
     read_report,
 )
-from mdm.dependencies import AppSettings, WriteSession
+from mdm.channel.apple.signature import Signer
+from mdm.database import Database
+from mdm.dependencies import AppDatabase, AppSettings, WriteSession
 from mdm.errors import ProblemError
 from mdm.ids import utcnow
 
@@ -56,7 +61,7 @@ def checkin(signed: Signed, session: WriteSession) -> Response:
 
 
 @router.put("/connect", status_code=status.HTTP_200_OK, response_class=Response)
-def connect(signed: Signed, session: WriteSession, settings: AppSettings) -> Response:
+async def connect(signed: Signed, database: AppDatabase, settings: AppSettings) -> Response:
     """The device's answer to its last command (or Idle); the answer is its next command, or an empty body."""
     try:
         report = read_report(signed.body)
@@ -65,8 +70,16 @@ def connect(signed: Signed, session: WriteSession, settings: AppSettings) -> Res
     if report.user_id is not None:
         raise ProblemError(410, USER_CHANNEL)
     redelivery = timedelta(seconds=settings.command_redelivery_seconds)
-    command = service.on_report(session, signed.signer, report, utcnow(), redelivery)
+    # One trip to the thread pool for the whole connect, as for the agent's check-in.
+    command = await run_in_threadpool(_answer, database, signed.signer, report, redelivery)
     if command is None:
         return Response(status_code=status.HTTP_200_OK)
     body = plistlib.dumps(command, fmt=plistlib.FMT_XML, sort_keys=True)
     return Response(body, media_type="application/xml; charset=UTF-8")
+
+
+def _answer(database: Database, signer: Signer, report: Report, redelivery: timedelta) -> Any:
+    if report.status == "Idle":
+        return service.on_idle(database, signer, report, utcnow(), redelivery)
+    with database.writing() as session:
+        return service.on_report(session, signer, report, utcnow(), redelivery)

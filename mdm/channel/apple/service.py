@@ -23,8 +23,9 @@ from mdm.channel.apple.signature import Signer
 from mdm.commands import service as commands
 from mdm.commands.intents import InstallApplication, QueryInventory, intent_of
 from mdm.commands.models import OPEN_STATUSES, Command, CommandResult, CommandType
+from mdm.database import Database
 from mdm.devices import service as devices
-from mdm.devices.models import Device, DeviceState
+from mdm.devices.models import Device, DeviceCertificate, DeviceState
 from mdm.errors import Conflict, NotFound, ProblemError
 from mdm.hooks import AppleClaim, hooks_of
 from mdm.inventory.service import stored_apps
@@ -47,6 +48,12 @@ def query_target(query: str) -> str:
 
 def authenticate(session: Session, signer: Signer, udid: str, now: datetime) -> Device:
     """The device, locked for the transaction, once its certificate, its UDID and the core agree."""
+    proven, candidates = identify(session, signer, udid)
+    return channel.admit(session, proven.device_id, proven, candidates, now)
+
+
+def identify(session: Session, signer: Signer, udid: str) -> tuple[DeviceCertificate, list[DeviceCertificate]]:
+    """The identity that signed, with its device's other candidates; 401 unless it is that UDID's own."""
     certificate = devices.certificate_by_serial(session, signer.serial_hex)
     if certificate is None or certificate.fingerprint_sha256 != signer.fingerprint_sha256:
         raise unauthenticated("This certificate is no device's identity: the device must Authenticate first.")
@@ -57,7 +64,7 @@ def authenticate(session: Session, signer: Signer, udid: str, now: datetime) -> 
     apple = session.get(AppleDevice, certificate.device_id)
     if apple is None or apple.udid != udid:
         raise unauthenticated("This certificate belongs to another device.")
-    return channel.admit(session, certificate.device_id, proven, candidates, now)
+    return proven, candidates
 
 
 # --- Check-in messages ----------------------------------------------------------------------------
@@ -129,6 +136,24 @@ def _already_left(session: Session, signer: Signer) -> bool:
 
 
 # --- The command endpoint --------------------------------------------------------------------------
+
+
+def on_idle(database: Database, signer: Signer, report: Report, now: datetime, redelivery: timedelta) -> Any:
+    """An Idle connect (a push answered, or the device's own poll): usually nothing waits for it.
+
+    Read and checked before any write lock, then recorded with the core's one conditional UPDATE; when
+    commands wait, or anything moved since the read, the full path runs in the same transaction.
+    """
+    with database.reading() as session:
+        proven, candidates = identify(session, signer, report.udid)
+        seen = channel.standing(session, proven.device_id)
+    if seen is not None:
+        channel.refuse_unless_admissible(proven, seen.state, now)
+    quiet = seen is not None and seen.is_quiet(proven, candidates)
+    with database.writing() as session:
+        if quiet and channel.pass_quietly(session, proven.device_id, proven, seen, now):  # type: ignore[arg-type]
+            return None
+        return on_report(session, signer, report, now, redelivery)
 
 
 def on_report(session: Session, signer: Signer, report: Report, now: datetime, redelivery: timedelta) -> Any:
