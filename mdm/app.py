@@ -34,6 +34,7 @@ from mdm.database import Database
 from mdm.devices.api import router as devices_router
 from mdm.errors import install_error_handlers
 from mdm.health import router as health_router
+from mdm.logging import configure_logging
 from mdm.middleware import (
     BodyLimitMiddleware,
     FailedAuthLimitMiddleware,
@@ -96,6 +97,17 @@ def _all_jobs(settings: Settings, apns: ApnsGateway | None) -> list[JobSpec]:
         *os_release_jobs.jobs(settings),
         *housekeeping.jobs(settings.retention_days),
     ]
+
+
+def create_app_from_environment() -> FastAPI:
+    """uvicorn's factory for `mdm serve`: the app of one worker process, from the MDM_* variables.
+
+    A worker is a fresh interpreter (uvicorn spawns it), so nothing built in `serve` reaches it but the
+    environment, to which `serve` wrote its options. Its logging is configured here for the same reason.
+    """
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(settings)
 
 
 def create_app(

@@ -1,23 +1,26 @@
 """The `mdm` command line: a composition root, like mdm/app.py."""
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 from mdm.actor import Role, cli_actor
 from mdm.categories import Category, Platform
 from mdm.database import Database
 from mdm.errors import ProblemError
 from mdm.private_files import private_dir
-from mdm.settings import Settings, get_settings
+from mdm.settings import MAX_WORKERS, Settings, get_settings
 
 if TYPE_CHECKING:  # imported when a command needs it: it loads every domain, which `mdm agent` never does
     from datetime import datetime
@@ -74,7 +77,7 @@ for sub, name in (
 err = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
 
@@ -125,28 +128,83 @@ def _report_problem(exc: ProblemError) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (MDM_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (MDM_PORT).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=MAX_WORKERS, help="Processes serving the API (MDM_WORKERS, default 1); above 1, PostgreSQL only."
+        ),
+    ] = None,
 ) -> None:
-    """Apply migrations and serve the API (with the scheduler, unless MDM_SCHEDULER=off)."""
+    """Apply migrations and serve the API (with the scheduler, unless MDM_SCHEDULER=off).
+
+    Migrations run once, here, before anything is served. With --workers N, N processes then share
+    the port, so every core of the machine answers requests: one per core (2 on a 2-core machine).
+    Each worker has its own database connections and its own scheduler; a scheduled job still runs
+    once per slot, because the worker that runs it first claims the slot in the database, as separate
+    replicas do. The abuse limits (MDM_RATE_LIMITS) count in each worker's memory, so a client may
+    fail up to N times its allowance before it is refused. Stopping the server (Ctrl-C, SIGTERM)
+    stops its workers.
+
+    Several workers need PostgreSQL (MDM_DATABASE_URL). SQLite takes one writer at a time however many
+    processes there are: within one process, writers wait in line and each hands the database to the
+    next at once; a writer in another process can only poll SQLite's lock, sleeping between tries. A
+    second worker makes writes slower, not faster, and in a long storm its writes fail after 30 s. So
+    on SQLite, serve refuses --workers above 1.
+
+    \b
+    Example:
+      mdm serve                                   # SQLite in ./data, one process, port 8000
+      MDM_DATABASE_URL=postgresql+psycopg://mdm@db/mdm mdm serve --workers 2 --host 0.0.0.0
+    """
     import uvicorn
 
-    from mdm.app import create_app
     from mdm.logging import configure_logging
     from mdm.migrate import upgrade
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = Settings(**{**get_settings().model_dump(), **overrides})
+    settings = _serve_settings({"host": host, "port": port, "workers": workers})
+    if settings.workers > 1 and _on_sqlite(settings):
+        _fail(
+            f"{settings.workers} workers need PostgreSQL: on SQLite, writers in several processes wait on "
+            "each other and fail under load. Serve with one worker, or set MDM_DATABASE_URL to a "
+            "PostgreSQL database (see `mdm serve --help`).",
+            code=2,
+        )
     configure_logging(settings.log_level, settings.log_json)
     private_dir(settings.data_dir)
     upgrade(settings.resolved_database_url)
     _print_welcome(settings)
     uvicorn.run(
-        create_app(settings),
+        "mdm.app:create_app_from_environment",
+        factory=True,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         **_proxy_options(settings.forwarded_allow_ips),
     )
+
+
+def _serve_settings(options: dict[str, object]) -> Settings:
+    """The MDM_* variables, with serve's options written over them; an invalid one ends serve with exit 2.
+
+    The options go into the environment, not only into these settings: every worker process builds its
+    app from the environment it inherits (mdm.app.create_app_from_environment), so it sees them too.
+    """
+    for name, value in options.items():
+        if value is not None:
+            os.environ[f"MDM_{name.upper()}"] = str(value)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MDM_{str(error['loc'][0]).upper()}={error.get('input')!s}: {error['msg']}" for error in exc.errors()
+        )
+        _fail(f"invalid setting: {problems}", code=2)
+
+
+def _on_sqlite(settings: Settings) -> bool:
+    return make_url(settings.resolved_database_url).get_backend_name() == "sqlite"
 
 
 def _proxy_options(trusted: str | None) -> dict[str, object]:
@@ -998,8 +1056,9 @@ def demo(
     with _database(settings) as database, database.writing() as session:
         admin_token = create_token(session, TokenCreate(name="demo admin", role=Role.admin), cli_actor()).token
     # Every demo device enrols from this one address, as a whole school behind its NAT would.
-    limits = {"MDM_ENROLL_ATTEMPTS_PER_ADDRESS": str(max(300, 2 * devices))}
-    server = local_server.start(folder, settings.resolved_database_url, port, folder / "server.log", limits)
+    # One worker: the demo's database is SQLite, whatever MDM_WORKERS says for the school's own server.
+    env = {"MDM_ENROLL_ATTEMPTS_PER_ADDRESS": str(max(300, 2 * devices)), "MDM_WORKERS": "1"}
+    server = local_server.start(folder, settings.resolved_database_url, port, folder / "server.log", env)
     try:
         try:
             local_server.wait_until_ready(url, server)

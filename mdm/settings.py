@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MAX_WORKERS = 64
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MDM_", extra="ignore")
@@ -17,6 +19,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="Default: SQLite file in the data directory.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # Worker processes of `mdm serve`, each with its own connections and scheduler (PostgreSQL only when
+    # above 1: see `mdm serve --help`). More than the machine has cores only adds memory.
+    workers: int = Field(1, ge=1, le=MAX_WORKERS, description="Processes serving the API (`mdm serve --workers`).")
     public_url: str | None = Field(None, description="URL devices use to reach the service.")
     timezone: str = "Europe/London"
     scheduler: Literal["on", "off"] = "on"

@@ -1,5 +1,7 @@
 """A real `mdm serve` process on a free loopback port, for tests that go over real HTTP."""
 
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +17,8 @@ class LiveServer:
     process: subprocess.Popen[bytes]
 
     def kill(self) -> None:
-        """SIGKILL: the process dies mid-whatever, as in a power cut or an OOM kill."""
-        self.process.kill()
+        """SIGKILL: the server dies mid-whatever, as in a power cut or an OOM kill, its workers with it."""
+        os.killpg(self.process.pid, signal.SIGKILL)  # its own group: see mdm.local_server.start
         self.process.wait(timeout=10)
 
 
