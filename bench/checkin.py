@@ -1,27 +1,26 @@
 """The check-in hot path over real HTTP, beside a bare endpoint of the same server in the same run.
 
-A real `mdm serve` (one process) on a fresh database. Converged devices running the reference agent
-check in from many threads through one pooled HTTP client; the same threads then hit `/healthz`, which
-does no database work, so the ratio between the two says how much of the server's capacity a
-check-in costs, whatever the machine. Figures: unchanged check-ins (the common case), changed
-check-ins (60 apps, one drifted each time), and enrolments (CSR to certificate to first commands).
+A real `mdm serve` (one process, or `--workers N`) on a fresh database. Converged devices running the
+reference agent check in from many threads through one pooled HTTP client; the same threads first hit
+`/healthz`, which does no database work, so the ratio between the two says how much of the server's
+capacity a check-in costs, whatever the machine. Figures: unchanged check-ins (the common case),
+changed check-ins (60 apps, one drifted each time), enrolments (CSR to certificate to first commands)
+and Apple's idle connects (bench/apple.py), each with the server CPU it cost per request.
 """
 
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from bench import apple
 from bench.databases import fresh_database
-from mdm import local_server
+from bench.limits import at_least, at_most, figure
+from bench.server import Server, admin_token, enrolment_token, serving
 from mdm.agent import AgentClient, AgentState
 from mdm.agent.inventory import App
 from mdm.migrate import upgrade
@@ -37,6 +36,7 @@ class Load:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    server_cpu_seconds: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -46,11 +46,16 @@ class Load:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000 if ordered else float("nan")
 
+    @property
+    def server_cpu_ms(self) -> float:
+        """Server CPU per completed call."""
+        return self.server_cpu_seconds * 1000 / len(self.latencies) if self.latencies else float("nan")
+
     def line(self, name: str) -> str:
         errors = f", errors {self.errors}" if self.errors else ""
         return (
             f"{name}: {self.rate:,.0f}/s, p50 {self.percentile(0.5):.1f} ms, p95 {self.percentile(0.95):.1f} ms, "
-            f"p99 {self.percentile(0.99):.1f} ms{errors}"
+            f"p99 {self.percentile(0.99):.1f} ms, server CPU {self.server_cpu_ms:.2f} ms a call{errors}"
         )
 
 
@@ -80,33 +85,6 @@ def hammer(workers: list[Callable[[], None]], seconds: float) -> Load:
     return load
 
 
-@contextmanager
-def serving(folder: Path, database_url: str) -> Iterator[str]:
-    port = local_server.free_port()
-    # The benchmark is one address enrolling hundreds of devices a second; its logs would be noise.
-    quiet = {"MDM_RATE_LIMITS": "off", "MDM_LOG_LEVEL": "WARNING"}
-    process = local_server.start(folder / "data", database_url, port, folder / "server.log", quiet)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        local_server.wait_until_ready(url, process)
-        yield url
-    finally:
-        local_server.stop(process)
-
-
-def admin_token(folder: Path, database_url: str) -> str:
-    env = {**os.environ, "MDM_DATA_DIR": str(folder / "data"), "MDM_DATABASE_URL": database_url}
-    command = [sys.executable, "-m", "mdm", "token", "create", "--role", "admin", "--name", "bench"]
-    return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def enrolment_token(http: httpx.Client, url: str, admin: str, uses: int) -> str:
-    body = {"category": "school_shared", "max_uses": uses}
-    response = http.post(f"{url}/api/v1/enrollment-tokens", json=body, headers={"Authorization": f"Bearer {admin}"})
-    response.raise_for_status()
-    return str(response.json()["token"])
-
-
 def new_device(http: httpx.Client, url: str, folder: Path, serial: str, apps: int) -> AgentClient:
     state = AgentState.load(folder / serial)
     state.inventory.os_version, state.inventory.passcode_set, state.inventory.encrypted = "17.5.1", True, True
@@ -114,26 +92,64 @@ def new_device(http: httpx.Client, url: str, folder: Path, serial: str, apps: in
     return AgentClient(url, state, http=http)
 
 
-def run(database_url: str | None, seconds: float = 10.0) -> None:
+def measured(server: Server, workers: list[Callable[[], None]], seconds: float) -> Load:
+    """`hammer`, with the server CPU the phase cost."""
+    before = server.cpu_seconds()
+    load = hammer(workers, seconds)
+    load.server_cpu_seconds = server.cpu_seconds() - before
+    return load
+
+
+def run(database_url: str | None, seconds: float = 10.0, workers: int = 1) -> None:
     with tempfile.TemporaryDirectory() as name, fresh_database(database_url, Path(name)) as url:
         folder = Path(name)
         upgrade(url)
         admin = admin_token(folder, url)
         limits = httpx.Limits(max_connections=THREADS, max_keepalive_connections=THREADS)
-        with serving(folder, url) as base, httpx.Client(limits=limits, timeout=30) as http:
+        with serving(folder, url, workers) as server, httpx.Client(limits=limits, timeout=30) as http:
+            base = server.url
             token = enrolment_token(http, base, admin, uses=100_000)
             devices = [new_device(http, base, folder, f"BENCH{n:05d}", APPS_PER_DEVICE) for n in range(THREADS)]
             for device in devices:
                 device.enroll(token, {"serial": device.state.state_dir.name, "platform": "ipados"}, True)
                 device.converge()
-            healthz = hammer([lambda: http.get(f"{base}/healthz").raise_for_status()] * THREADS, seconds)
-            unchanged = hammer([device.checkin for device in devices], seconds)
-            changed = hammer([_drifting(device) for device in devices], seconds)
-            enrolled = hammer([_enrolling(http, base, folder, token, n) for n in range(THREADS)], seconds)
-        print(healthz.line("bare /healthz"))
-        print(unchanged.line("unchanged check-ins") + f" ({unchanged.rate / healthz.rate:.2f} of /healthz)")
-        print(changed.line(f"changed check-ins ({APPS_PER_DEVICE} apps, one drifted)"))
-        print(enrolled.line("enrolments (CSR to certificate to first commands)"))
+            with httpx.Client(base_url=base, timeout=30) as setup:
+                ipads = apple.enrolled_ipads(url, folder / "data", setup, token, THREADS)
+            healthz = measured(server, [lambda: http.get(f"{base}/healthz").raise_for_status()] * THREADS, seconds)
+            unchanged = measured(server, [device.checkin for device in devices], seconds)
+            changed = measured(server, [_drifting(device) for device in devices], seconds)
+            enrolled = measured(server, [_enrolling(http, base, folder, token, n) for n in range(THREADS)], seconds)
+            idle = measured(server, [apple.idle_connect(http, ipad) for ipad in ipads], seconds)
+        show(healthz, unchanged, changed, enrolled, idle, workers)
+
+
+def show(healthz: Load, unchanged: Load, changed: Load, enrolled: Load, idle: Load, workers: int) -> None:
+    """The phases' lines, then each figure beside its limit (issue 12)."""
+    for load, name in (
+        (healthz, "bare /healthz"),
+        (unchanged, "unchanged check-ins"),
+        (changed, f"changed check-ins ({APPS_PER_DEVICE} apps, one drifted)"),
+        (enrolled, "enrolments (CSR to certificate to first commands)"),
+        (idle, "Apple idle connects (empty queue)"),
+    ):
+        print(load.line(name))
+    share = unchanged.rate / healthz.rate
+    server = f"{workers} worker{'s' if workers > 1 else ''}"
+    figure(f"bare /healthz ({server})", healthz.rate, "/s")
+    figure("server CPU per /healthz", healthz.server_cpu_ms, " ms")
+    figure("unchanged check-ins", unchanged.rate, "/s", at_least(1000))
+    figure("unchanged check-ins, share of /healthz", share, "", at_least(0.40))
+    figure("unchanged check-ins, p99", unchanged.percentile(0.99), " ms")
+    figure("server CPU per unchanged check-in", unchanged.server_cpu_ms, " ms")
+    figure("changed check-ins", changed.rate, "/s", at_least(300))
+    figure("server CPU per changed check-in", changed.server_cpu_ms, " ms")
+    figure("enrolments", enrolled.rate, "/s", at_least(200))
+    figure("Apple idle connects", idle.rate, "/s")
+    # "The same ratio as the agent": the agent's target share of /healthz, not whatever it reached today.
+    figure("Apple idle connects, share of /healthz", idle.rate / healthz.rate, "", at_least(0.40))
+    figure("server CPU per Apple idle connect", idle.server_cpu_ms, " ms", at_most(1.0))
+    errors = sum(sum(load.errors.values()) for load in (healthz, unchanged, changed, enrolled, idle))
+    figure("errors in every phase", errors, "", at_most(0))
 
 
 def _drifting(device: AgentClient) -> Callable[[], None]:
