@@ -49,12 +49,12 @@ def figure_line(name: str, value: float, unit: str, limit: Limit | None = None, 
     """One figure beside its limit: met, MISSED, or not judged (no limit, or a run at another size)."""
     head = f"figure: {name}: {number(value)}{unit}"
     if limit is None:
-        return f"{head:<64} limit: none (reference)"
+        return f"{head:<72} limit: none (reference)"
     if limit.size is not None and size != limit.size:
         verdict = f"not judged (ran {size:,})" if size is not None else "not judged"
     else:
         verdict = "met" if value == value and limit.holds(value) else "MISSED"
-    return f"{head:<64} limit: {limit.text(unit):<28} {verdict}"
+    return f"{head:<72} limit: {limit.text(unit):<28} {verdict}"
 
 
 def figure(name: str, value: float, unit: str, limit: Limit | None = None, *, size: int | None = None) -> None:
