@@ -100,25 +100,25 @@ def measured(server: Server, workers: list[Callable[[], None]], seconds: float) 
     return load
 
 
-def run(database_url: str | None, seconds: float = 10.0, workers: int = 1) -> None:
+def run(database_url: str | None, seconds: float = 10.0, workers: int = 1, threads: int = THREADS) -> None:
     with tempfile.TemporaryDirectory() as name, fresh_database(database_url, Path(name)) as url:
         folder = Path(name)
         upgrade(url)
         admin = admin_token(folder, url)
-        limits = httpx.Limits(max_connections=THREADS, max_keepalive_connections=THREADS)
+        limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
         with serving(folder, url, workers) as server, httpx.Client(limits=limits, timeout=30) as http:
             base = server.url
             token = enrolment_token(http, base, admin, uses=100_000)
-            devices = [new_device(http, base, folder, f"BENCH{n:05d}", APPS_PER_DEVICE) for n in range(THREADS)]
+            devices = [new_device(http, base, folder, f"BENCH{n:05d}", APPS_PER_DEVICE) for n in range(threads)]
             for device in devices:
                 device.enroll(token, {"serial": device.state.state_dir.name, "platform": "ipados"}, True)
                 device.converge()
             with httpx.Client(base_url=base, timeout=30) as setup:
-                ipads = apple.enrolled_ipads(url, folder / "data", setup, token, THREADS)
-            healthz = measured(server, [lambda: http.get(f"{base}/healthz").raise_for_status()] * THREADS, seconds)
+                ipads = apple.enrolled_ipads(url, folder / "data", setup, token, threads)
+            healthz = measured(server, [lambda: http.get(f"{base}/healthz").raise_for_status()] * threads, seconds)
             unchanged = measured(server, [device.checkin for device in devices], seconds)
             changed = measured(server, [_drifting(device) for device in devices], seconds)
-            enrolled = measured(server, [_enrolling(http, base, folder, token, n) for n in range(THREADS)], seconds)
+            enrolled = measured(server, [_enrolling(http, base, folder, token, n) for n in range(threads)], seconds)
             idle = measured(server, [apple.idle_connect(http, ipad) for ipad in ipads], seconds)
         show(healthz, unchanged, changed, enrolled, idle, workers)
 
