@@ -6,7 +6,7 @@ so the run also writes verdicts, history and remediation for a realistic share.
 
 The scan is the floor no run can beat: the rows the run reads (each enrolled device's own columns, its
 inventory snapshot, its acknowledged profiles) fetched whole through the driver's cursor, with no ORM,
-no JSON decoding on SQLite, no rules and no writes. Peak memory is the process's maximum RSS, building
+no JSON decoding (the snapshot comes as text on either backend), no rules and no writes. Peak memory is the process's maximum RSS, building
 the synthetic fleet included.
 """
 
@@ -129,7 +129,8 @@ def _fleet(database, devices: int, apps: int = APPS) -> None:  # type: ignore[no
 SCAN = (
     "SELECT id, platform, category, os_version, person_id, last_checkin_at, enrolled_at, compliance_status,"
     " compliance_failures, compliance_failing_since, quarantined_at FROM device WHERE state = 'enrolled'",
-    "SELECT device_id, snapshot FROM device_inventory",
+    # As text on both backends: psycopg would otherwise decode PostgreSQL's JSON, SQLite's driver never does.
+    "SELECT device_id, CAST(snapshot AS TEXT) FROM device_inventory",
     "SELECT device_id, identifier, version FROM device_profile",
 )
 TARGET_DEVICES = 100_000
