@@ -62,7 +62,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = parser().parse_args()
+    arguments = parser()
+    args = arguments.parse_args()
+    if args.workers > 1 and not (args.database_url or "").startswith("postgresql"):
+        # As `mdm serve` itself refuses: SQLite takes one writer at a time however many processes wait.
+        arguments.error("--workers above 1 needs PostgreSQL: give --database-url postgresql+psycopg://...")
     if args.only is None:
         failed = [
             name
