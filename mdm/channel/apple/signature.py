@@ -17,8 +17,10 @@ import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
+from functools import lru_cache
 
 from asn1crypto import cms, core
+from asn1crypto import x509 as x509_asn1
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -63,9 +65,9 @@ def signer_of(
     signature = headers.get(SIGNATURE_HEADER.lower())
     client_cert = headers.get(CLIENT_CERT_HEADER.lower())
     if signature:
-        certificate = verify_mdm_signature(signature, body)
+        certificate_der = verify_mdm_signature(signature, body)
     elif client_cert and trust_client_cert_header:
-        certificate = _client_certificate(client_cert)
+        certificate_der = _client_certificate(client_cert)
     elif client_cert:
         raise SignatureError(
             f"{CLIENT_CERT_HEADER} is only believed behind a trusted TLS proxy (MDM_TRUST_CLIENT_CERT_HEADER=1); "
@@ -73,6 +75,18 @@ def signer_of(
         )
     else:
         raise SignatureError(f"The message is not signed: {SIGNATURE_HEADER} is missing (enrol with SignMessage).")
+    return _school_signer(certificate_der, ca_certificate)
+
+
+# A device sends the same certificate with every message, and what is checked of a certificate alone
+# (it reads, the school CA issued it, its key is strong enough) never changes: checked once per process.
+# Whether it is revoked or expired is the core's question, asked of the database every time.
+_CERTIFICATES_REMEMBERED = 8192
+
+
+@lru_cache(maxsize=_CERTIFICATES_REMEMBERED)
+def _school_signer(der: bytes, ca_certificate: x509.Certificate) -> Signer:
+    certificate = _load_certificate(der)
     _require_issued_by(certificate, ca_certificate)
     return Signer(
         certificate=certificate,
@@ -81,21 +95,32 @@ def signer_of(
     )
 
 
-def verify_mdm_signature(header: str, body: bytes) -> x509.Certificate:
-    """The certificate whose key signed `body`, read from the detached CMS SignedData in the header."""
-    signed_data = _signed_data(_base64(header, SIGNATURE_HEADER))
+def verify_mdm_signature(header: str, body: bytes) -> bytes:
+    """The DER certificate whose key signed `body`, read from the detached CMS SignedData in the header."""
+    der = _base64(header, SIGNATURE_HEADER)
+    try:
+        return _verified_signer(_signed_data(der), body)
+    except SignatureError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        # asn1crypto parses lazily: a malformed part fails where it is first read, anywhere below.
+        raise SignatureError(f"{SIGNATURE_HEADER} is not a CMS SignedData structure: {exc}") from exc
+
+
+def _verified_signer(signed_data: cms.SignedData, body: bytes) -> bytes:
     signer_infos = signed_data["signer_infos"]
     if len(signer_infos) != 1:
         raise SignatureError(f"{SIGNATURE_HEADER} must have exactly one signer, not {len(signer_infos)}.")
     signer_info = signer_infos[0]
-    certificate = _signer_certificate(signed_data, signer_info)
+    certificate_der = _signer_certificate(signed_data, signer_info)
     hash_name = signer_info["digest_algorithm"]["algorithm"].native
     if hash_name not in _HASHES:
         raise SignatureError(f"{SIGNATURE_HEADER} uses the digest {hash_name}; SHA-1 or SHA-2 is expected.")
     if signer_info["signature_algorithm"].signature_algo != "rsassa_pkcs1v15":
         raise SignatureError(f"{SIGNATURE_HEADER} must be an RSA PKCS#1 v1.5 signature.")
-    _verify(certificate, signer_info["signature"].native, _signed_bytes(signer_info, body, hash_name), hash_name)
-    return certificate
+    signed_bytes = _signed_bytes(signer_info, body, hash_name)
+    _verify(_rsa_key(certificate_der), signer_info["signature"].native, signed_bytes, hash_name)
+    return certificate_der
 
 
 def _base64(value: str, name: str) -> bytes:
@@ -108,22 +133,16 @@ def _base64(value: str, name: str) -> bytes:
 
 
 def _signed_data(der: bytes) -> cms.SignedData:
-    try:
-        content_info = cms.ContentInfo.load(der, strict=True)
-        if content_info["content_type"].native != "signed_data":
-            raise SignatureError(f"{SIGNATURE_HEADER} is CMS, but not SignedData.")
-        signed_data = content_info["content"]
-        signed_data.native  # parses the whole structure now, so a malformed part fails here, not later  # noqa: B018
-    except SignatureError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-        raise SignatureError(f"{SIGNATURE_HEADER} is not a CMS SignedData structure: {exc}") from exc
+    content_info = cms.ContentInfo.load(der, strict=True)
+    if content_info["content_type"].native != "signed_data":
+        raise SignatureError(f"{SIGNATURE_HEADER} is CMS, but not SignedData.")
+    signed_data = content_info["content"]
     if signed_data["encap_content_info"]["content"].native is not None:
         raise SignatureError(f"{SIGNATURE_HEADER} must be a detached signature of the body.")
-    return signed_data
+    return signed_data  # type: ignore[no-any-return]
 
 
-def _signer_certificate(signed_data: cms.SignedData, signer_info: cms.SignerInfo) -> x509.Certificate:
+def _signer_certificate(signed_data: cms.SignedData, signer_info: cms.SignerInfo) -> bytes:
     sid = signer_info["sid"]
     certificates = signed_data["certificates"]
     for choice in [] if isinstance(certificates, core.Void) else certificates:
@@ -132,12 +151,19 @@ def _signer_certificate(signed_data: cms.SignedData, signer_info: cms.SignerInfo
         candidate = choice.chosen
         if sid.name == "issuer_and_serial_number":
             wanted = sid.chosen
-            matches = candidate.serial_number == wanted["serial_number"].native and candidate.issuer == wanted["issuer"]
+            matches = candidate.serial_number == wanted["serial_number"].native and _same_name(
+                candidate.issuer, wanted["issuer"]
+            )
         else:
             matches = candidate.key_identifier == sid.chosen.native
         if matches:
-            return _load_certificate(candidate.dump())
+            return candidate.dump()  # type: ignore[no-any-return]
     raise SignatureError(f"{SIGNATURE_HEADER} does not carry the signer's certificate.")
+
+
+def _same_name(one: x509_asn1.Name, other: x509_asn1.Name) -> bool:
+    """The same bytes, the common case, settle it; only differently encoded names need X.520's comparison."""
+    return one.dump() == other.dump() or one == other
 
 
 def _signed_bytes(signer_info: cms.SignerInfo, body: bytes, hash_name: str) -> bytes:
@@ -155,25 +181,30 @@ def _signed_bytes(signer_info: cms.SignerInfo, body: bytes, hash_name: str) -> b
     return b"\x31" + der[1:]
 
 
-def _verify(certificate: x509.Certificate, signature: bytes, data: bytes, hash_name: str) -> None:
-    key = certificate.public_key()
+@lru_cache(maxsize=_CERTIFICATES_REMEMBERED)
+def _rsa_key(certificate_der: bytes) -> rsa.RSAPublicKey:
+    key = _load_certificate(certificate_der).public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise SignatureError("The signing certificate's key is not RSA; Apple device identities are.")
     reason = weak_rsa_reason(key)
     if reason is not None:
         raise SignatureError(f"The device's {reason}.")
+    return key
+
+
+def _verify(key: rsa.RSAPublicKey, signature: bytes, data: bytes, hash_name: str) -> None:
     try:
         key.verify(signature, data, padding.PKCS1v15(), _HASHES[hash_name]())
     except InvalidSignature as exc:
         raise SignatureError(f"{SIGNATURE_HEADER} does not verify with the certificate it carries.") from exc
 
 
-def _client_certificate(header: str) -> x509.Certificate:
+def _client_certificate(header: str) -> bytes:
     """RFC 9440: the DER certificate as a structured-field byte sequence, `:base64:`."""
     value = header.strip()
     if len(value) < 3 or not (value.startswith(":") and value.endswith(":")):
         raise SignatureError(f"{CLIENT_CERT_HEADER} must be a byte sequence (:base64 DER:), as RFC 9440 says.")
-    return _load_certificate(_base64(value[1:-1], CLIENT_CERT_HEADER))
+    return _base64(value[1:-1], CLIENT_CERT_HEADER)
 
 
 def _load_certificate(der: bytes) -> x509.Certificate:
