@@ -5,9 +5,9 @@ under 500 MB, and within 10x of one raw SQL scan of the same rows. One device in
 so the run also writes verdicts, history and remediation for a realistic share.
 
 The scan is the floor no run can beat: the rows the run reads (each enrolled device's own columns, its
-inventory snapshot, its acknowledged profiles) fetched whole through the driver's cursor, with no ORM,
-no JSON decoding (the snapshot comes as text on either backend), no rules and no writes. Peak memory is the process's maximum RSS, building
-the synthetic fleet included.
+inventory snapshot, its acknowledged profiles) fetched in pages through the driver's cursor, with no
+ORM, no JSON decoding (the snapshot comes as text on either backend), no rules and no writes. Peak
+memory is the process's maximum RSS before the scan, building the synthetic fleet included.
 """
 
 import resource
@@ -134,6 +134,7 @@ SCAN = (
     "SELECT device_id, identifier, version FROM device_profile",
 )
 TARGET_DEVICES = 100_000
+SCAN_PAGE = 5000
 
 
 def raw_scan(database: Database) -> tuple[float, int]:
@@ -144,7 +145,9 @@ def raw_scan(database: Database) -> tuple[float, int]:
         cursor = connection.cursor()
         for statement in SCAN:
             cursor.execute(statement)
-            rows += len(cursor.fetchall())
+            # In pages, as the run reads: all 100,000 snapshots at once would be the benchmark's peak memory.
+            while page := cursor.fetchmany(SCAN_PAGE):
+                rows += len(page)
         cursor.close()
         return time.perf_counter() - started, rows
     finally:
@@ -171,10 +174,10 @@ def run(devices: int, database_url: str | None) -> None:
                     f"compliance run, {result.devices_evaluated:,} devices, {label}: {seconds[-1]:.1f} s "
                     f"({result.compliant:,} compliant, {result.non_compliant:,} non-compliant, {result.changed:,} changed)"
                 )
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the fleet and the runs, not the scan
             scan, rows = raw_scan(database)
         finally:
             runtime.close()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"raw SQL scan of the rows the run reads: {rows:,} rows")
     size = {"size": devices}
     figure(f"compliance run, {devices:,} devices", seconds[0], " s", at_most(20, size=TARGET_DEVICES), **size)

@@ -150,18 +150,26 @@ def stored_apps(session: Session, device_id: str) -> dict[str, InstalledApp]:
 
 
 def _replace_apps(session: Session, device_id: str, apps: list[dict[str, Any]]) -> None:
-    session.execute(delete(DeviceApp).where(col(DeviceApp.device_id) == device_id))
     by_identifier = {app["identifier"]: app for app in apps}  # a duplicate report keeps the last entry
-    if by_identifier:
-        session.execute(insert(DeviceApp), [{"device_id": device_id, **app} for app in by_identifier.values()])
+    _replace_rows(session, DeviceApp.__table__, device_id, list(by_identifier.values()))  # type: ignore[attr-defined]
 
 
 def _replace_profiles(session: Session, device_id: str, profiles: list[ProfileEntry]) -> None:
-    session.execute(delete(DeviceProfile).where(col(DeviceProfile.device_id) == device_id))
     by_identifier = {profile["identifier"]: profile for profile in profiles}
-    if by_identifier:
-        rows = [{"device_id": device_id, **profile} for profile in by_identifier.values()]
-        session.execute(insert(DeviceProfile), rows)
+    _replace_rows(session, DeviceProfile.__table__, device_id, list(by_identifier.values()))  # type: ignore[attr-defined]
+
+
+def _replace_rows(session: Session, table: Any, device_id: str, rows: list[Any]) -> None:
+    """The device's rows in `table` become `rows`, through Core.
+
+    The ORM's bulk INSERT handled each of a changed check-in's 60 apps in Python, at more cost than the
+    statement itself.
+    """
+    session.flush()  # what the ORM holds goes first, as its own statements would have flushed it
+    connection = session.connection()
+    connection.execute(delete(table).where(table.c.device_id == device_id))
+    if rows:
+        connection.execute(insert(table), [{"device_id": device_id, **row} for row in rows])
 
 
 # --- What acknowledged commands establish ------------------------------------------------------------
