@@ -393,3 +393,34 @@ def test_an_apple_identity_cannot_take_a_school_device_by_claiming_its_serial(cl
     )
     with database.reading() as session:
         assert session.get(AppleDevice, device["id"]) is None
+
+
+def test_a_strangers_certificates_are_not_remembered(client, auth, runtime, tmp_path):
+    """Anyone can sign a message with a certificate of their own making: none of it may stay in memory.
+
+    What is checked of a certificate is remembered per process, but only for the school's own; a
+    stranger sending thousands of large certificates would otherwise pin them all.
+    """
+    from cryptography import x509
+
+    from enrollment.ca import load_or_create_ca
+    from mdm.channel.apple import signature
+    from tests.apple_device import Identity
+    from tests.pki import csr_pem
+    from tests.scep_client import new_rsa_key
+
+    def remembered() -> int:
+        caches = [getattr(signature, name) for name in dir(signature)]
+        return sum(cache.cache_info().currsize for cache in caches if hasattr(cache, "cache_info"))
+
+    ipad = _ipad(client, runtime, _token(client, auth)["id"])
+    other_ca = load_or_create_ca(tmp_path / "elsewhere", None)
+    before = remembered()
+    for n in range(3):
+        key = new_rsa_key()
+        issued = other_ca.issue_device_certificate(csr_pem(key), f"6f1b0f6e-5a0e-4a53-9e57-2b8f1f0f2c1{n}", 30)
+        stranger = Identity(key, x509.load_pem_x509_certificate(issued.pem.encode()))
+        assert ipad.authenticate(identity=stranger).status_code == 401
+    assert remembered() == before
+    assert ipad.authenticate().status_code == 200
+    assert remembered() == before + 1  # the school's own certificate is

@@ -65,22 +65,21 @@ def signer_of(
     signature = headers.get(SIGNATURE_HEADER.lower())
     client_cert = headers.get(CLIENT_CERT_HEADER.lower())
     if signature:
-        certificate_der = verify_mdm_signature(signature, body)
-    elif client_cert and trust_client_cert_header:
-        certificate_der = _client_certificate(client_cert)
-    elif client_cert:
+        return verify_mdm_signature(signature, body, ca_certificate)
+    if client_cert and trust_client_cert_header:
+        return _school_signer(_client_certificate(client_cert), ca_certificate)
+    if client_cert:
         raise SignatureError(
             f"{CLIENT_CERT_HEADER} is only believed behind a trusted TLS proxy (MDM_TRUST_CLIENT_CERT_HEADER=1); "
             f"sign the message ({SIGNATURE_HEADER})."
         )
-    else:
-        raise SignatureError(f"The message is not signed: {SIGNATURE_HEADER} is missing (enrol with SignMessage).")
-    return _school_signer(certificate_der, ca_certificate)
+    raise SignatureError(f"The message is not signed: {SIGNATURE_HEADER} is missing (enrol with SignMessage).")
 
 
 # A device sends the same certificate with every message, and what is checked of a certificate alone
-# (it reads, the school CA issued it, its key is strong enough) never changes: checked once per process.
-# Whether it is revoked or expired is the core's question, asked of the database every time.
+# (it reads, the school CA issued it) never changes: checked once per process. Only the school's own
+# certificates are remembered (a failed check is not), so strangers cannot fill the memory with theirs.
+# Whether a certificate is revoked or expired is the core's question, asked of the database every time.
 _CERTIFICATES_REMEMBERED = 8192
 
 
@@ -95,11 +94,11 @@ def _school_signer(der: bytes, ca_certificate: x509.Certificate) -> Signer:
     )
 
 
-def verify_mdm_signature(header: str, body: bytes) -> bytes:
-    """The DER certificate whose key signed `body`, read from the detached CMS SignedData in the header."""
+def verify_mdm_signature(header: str, body: bytes, ca_certificate: x509.Certificate) -> Signer:
+    """The school certificate whose key signed `body`, read from the detached CMS SignedData in the header."""
     der = _base64(header, SIGNATURE_HEADER)
     try:
-        return _verified_signer(_signed_data(der), body)
+        return _verified_signer(_signed_data(der), body, ca_certificate)
     except SignatureError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
@@ -107,20 +106,20 @@ def verify_mdm_signature(header: str, body: bytes) -> bytes:
         raise SignatureError(f"{SIGNATURE_HEADER} is not a CMS SignedData structure: {exc}") from exc
 
 
-def _verified_signer(signed_data: cms.SignedData, body: bytes) -> bytes:
+def _verified_signer(signed_data: cms.SignedData, body: bytes, ca_certificate: x509.Certificate) -> Signer:
     signer_infos = signed_data["signer_infos"]
     if len(signer_infos) != 1:
         raise SignatureError(f"{SIGNATURE_HEADER} must have exactly one signer, not {len(signer_infos)}.")
     signer_info = signer_infos[0]
-    certificate_der = _signer_certificate(signed_data, signer_info)
+    signer = _school_signer(_signer_certificate(signed_data, signer_info), ca_certificate)
     hash_name = signer_info["digest_algorithm"]["algorithm"].native
     if hash_name not in _HASHES:
         raise SignatureError(f"{SIGNATURE_HEADER} uses the digest {hash_name}; SHA-1 or SHA-2 is expected.")
     if signer_info["signature_algorithm"].signature_algo != "rsassa_pkcs1v15":
         raise SignatureError(f"{SIGNATURE_HEADER} must be an RSA PKCS#1 v1.5 signature.")
     signed_bytes = _signed_bytes(signer_info, body, hash_name)
-    _verify(_rsa_key(certificate_der), signer_info["signature"].native, signed_bytes, hash_name)
-    return certificate_der
+    _verify(_rsa_key(signer.certificate), signer_info["signature"].native, signed_bytes, hash_name)
+    return signer
 
 
 def _base64(value: str, name: str) -> bytes:
@@ -181,9 +180,8 @@ def _signed_bytes(signer_info: cms.SignerInfo, body: bytes, hash_name: str) -> b
     return b"\x31" + der[1:]
 
 
-@lru_cache(maxsize=_CERTIFICATES_REMEMBERED)
-def _rsa_key(certificate_der: bytes) -> rsa.RSAPublicKey:
-    key = _load_certificate(certificate_der).public_key()
+def _rsa_key(certificate: x509.Certificate) -> rsa.RSAPublicKey:
+    key = certificate.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise SignatureError("The signing certificate's key is not RSA; Apple device identities are.")
     reason = weak_rsa_reason(key)
