@@ -2,6 +2,8 @@
 
 import hashlib
 import secrets
+from collections import defaultdict
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -110,7 +112,10 @@ def list_tokens(session: Session, page: PageParams, active_only: bool = False) -
 
 
 def revoke_token(session: Session, token_id: str, actor: Actor) -> EnrollmentToken:
-    token = get_token(session, token_id)
+    return _revoke(session, get_token(session, token_id), actor)
+
+
+def _revoke(session: Session, token: EnrollmentToken, actor: Actor) -> EnrollmentToken:
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         token.sealed_token = None  # nothing left to print
@@ -119,12 +124,17 @@ def revoke_token(session: Session, token_id: str, actor: Actor) -> EnrollmentTok
     return token
 
 
-def revoke_person_tokens(session: Session, person_id: str, actor: Actor) -> list[str]:
-    """For leavers: every open token tied to the person stops working."""
+def revoke_people_tokens(session: Session, person_ids: Collection[str], actor: Actor) -> dict[str, list[str]]:
+    """For leavers: every open token tied to these people stops working; the ids revoked, by person."""
     tokens = session.exec(
-        select(EnrollmentToken).where(EnrollmentToken.person_id == person_id, col(EnrollmentToken.revoked_at).is_(None))
+        select(EnrollmentToken)
+        .where(col(EnrollmentToken.person_id).in_(person_ids), col(EnrollmentToken.revoked_at).is_(None))
+        .order_by(col(EnrollmentToken.created_at))
     ).all()
-    return [revoke_token(session, token.id, actor).id for token in tokens]
+    revoked: dict[str, list[str]] = defaultdict(list)
+    for token in tokens:
+        revoked[str(token.person_id)].append(_revoke(session, token, actor).id)
+    return revoked
 
 
 def token_link(session: Session, token_id: str, base_url: str, sealer: Sealer) -> str:

@@ -11,7 +11,9 @@ status is recomputed from the facts (commands, records, certificates), so a rest
 resumes where it was, and nothing is queued twice.
 """
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -33,13 +35,14 @@ from exit_process.models import (
 )
 from mdm import desired_state
 from mdm.actor import SYSTEM, Actor
-from mdm.audit.service import record
+from mdm.audit.service import record, record_each
 from mdm.categories import SCHOOL_OWNED, Category
 from mdm.commands import service as commands
 from mdm.commands.intents import INTENTS, DeviceLock
 from mdm.commands.models import Command, CommandType
+from mdm.csv_import import chunks
 from mdm.devices import service as devices
-from mdm.devices.models import Device, DeviceState
+from mdm.devices.models import Device, DeviceCertificate, DeviceState
 from mdm.errors import Conflict
 from mdm.ids import new_id, utcnow
 from mdm.inventory import service as inventory
@@ -58,6 +61,7 @@ PERSONAL_STEPS = (
 SCHOOL_STEPS = ("collect_device", "wipe", "reclaim_licences", "revoke_certificate", "return_to_pool")
 EXIT_DEVICE_STATES = (DeviceState.enrolled.value, DeviceState.exiting.value, DeviceState.registered.value)
 UNCOLLECTED_LOCK_AFTER = timedelta(days=7)
+CASE_BATCH = 500  # cases started or moved on together; bounds each query's IN list
 LOCK_MESSAGE = "This device belongs to the school. Please return it to the IT office."
 REMOVE_MDM_TARGET, ERASE_TARGET, LOCK_TARGET = "device:mdm", "device:erase", "device:exit-lock"
 
@@ -77,16 +81,29 @@ def open_case(session: Session, data: ExitCreate, actor: Actor, timezone: str) -
 def open_new_case(
     session: Session, person_id: str, leaving: date, reason: str, actor: Actor, timezone: str
 ) -> ExitCase:
-    """Stores the case and starts it at once when the leaving date is today or past."""
-    case = service.create_case(session, person_id, leaving, reason, actor)
-    if leaving <= service.today(timezone):
-        start_case(session, case, actor)
-    return case
+    return open_new_cases(session, [service.Opening(person_id, leaving, reason)], actor, timezone)[0]
+
+
+def open_new_cases(
+    session: Session, openings: Sequence[service.Opening], actor: Actor, timezone: str
+) -> list[ExitCase]:
+    """Stores the cases and starts at once those whose leaving date is today or past."""
+    cases = service.create_cases(session, openings, actor)
+    today = service.today(timezone)
+    start_cases(session, [case for case in cases if case.leaving_date <= today], actor)
+    return cases
 
 
 def _person_devices(session: Session, person_id: str) -> list[Device]:
-    statement = select(Device).where(Device.person_id == person_id, col(Device.state).in_(EXIT_DEVICE_STATES))
-    return list(session.exec(statement.order_by(Device.id)))
+    return _devices_of_people(session, [person_id]).get(person_id, [])
+
+
+def _devices_of_people(session: Session, person_ids: Collection[str]) -> dict[str, list[Device]]:
+    statement = select(Device).where(col(Device.person_id).in_(person_ids), col(Device.state).in_(EXIT_DEVICE_STATES))
+    by_person: dict[str, list[Device]] = defaultdict(list)
+    for device in session.exec(statement.order_by(Device.id)):
+        by_person[str(device.person_id)].append(device)
+    return by_person
 
 
 def _ownership(device: Device) -> str:
@@ -131,12 +148,48 @@ def plan(session: Session, person_id: str, leaving: date, reason: str) -> ExitCa
 
 
 def start_case(session: Session, case: ExitCase, actor: Actor) -> None:
-    case.status, case.started_at = CaseStatus.in_progress.value, utcnow()
-    session.add(case)
+    start_cases(session, [case], actor)
+
+
+def start_cases(session: Session, cases: Sequence[ExitCase], actor: Actor) -> None:
+    """Starts cases in batches: a July's leavers start together in one query per kind of fact, not per case."""
+    for batch in chunks(list(cases), CASE_BATCH):
+        _start_batch(session, batch, actor)
+
+
+def _start_batch(session: Session, cases: list[ExitCase], actor: Actor) -> None:
+    devices_of = _devices_of_people(session, [case.person_id for case in cases])
+    device_ids = [device.id for found in devices_of.values() for device in found]
+    school_apps = profiles.school_apps_on_devices(session, device_ids)
+    installed = inventory.installed_identifiers(session, device_ids)
+    started_at, exiting = utcnow(), {}
+    for case in cases:
+        case.status, case.started_at = CaseStatus.in_progress.value, started_at
+        exiting[case.id] = _checklists(session, case, devices_of.get(case.person_id, []), school_apps, installed)
+    session.add_all(cases)
+    session.flush()
+    revoked = enrollment.revoke_people_tokens(session, [case.person_id for case in cases], actor)
+    for case in cases:
+        case.revoked_tokens = revoked.get(case.person_id, [])
+    summaries = [(case.id, {"devices": exiting[case.id], "revoked_tokens": case.revoked_tokens}) for case in cases]
+    record_each(session, actor, "exit.start", "exit_case", summaries)
+    # The desired state of an exiting device is "nothing of the school's": the reconciler queues the removals.
+    desired_state.devices_changed(session, device_ids=[device_id for ids in exiting.values() for device_id in ids])
+    advance_cases(session, cases)
+
+
+def _checklists(
+    session: Session,
+    case: ExitCase,
+    found: list[Device],
+    school_apps: dict[str, list[tuple[str, bool]]],
+    installed: dict[str, list[str]],
+) -> list[str]:
+    """Each device's checklist for the case; the enrolled ones move to exiting, and their ids are returned."""
     exiting = []
-    for device in _person_devices(session, case.person_id):
+    for device in found:
         ownership = _ownership(device)
-        _school, licensed, kept = _apps_of(session, device.id)
+        _school, licensed, kept = _split_apps(school_apps.get(device.id, []), installed.get(device.id, []))
         session.add(
             ExitDevice(
                 case_id=case.id, device_id=device.id, ownership=ownership, apps_kept=kept, licences_held=licensed
@@ -158,22 +211,19 @@ def start_case(session: Session, case: ExitCase, actor: Actor) -> None:
         if device.state == DeviceState.enrolled.value:
             devices.set_state(session, device, DeviceState.exiting)
             exiting.append(device.id)
-    session.flush()
-    case.revoked_tokens = enrollment.revoke_person_tokens(session, case.person_id, actor)
-    record(
-        session, actor, "exit.start", "exit_case", case.id, {"devices": exiting, "revoked_tokens": case.revoked_tokens}
-    )
-    # The desired state of an exiting device is "nothing of the school's": the reconciler queues the removals.
-    desired_state.devices_changed(session, device_ids=exiting)
-    advance_case(session, case)
+    return exiting
 
 
 def _apps_of(session: Session, device_id: str) -> tuple[list[str], list[str], list[str]]:
+    school = profiles.school_apps_on_devices(session, [device_id]).get(device_id, [])
+    return _split_apps(school, inventory.installed_identifiers(session, [device_id]).get(device_id, []))
+
+
+def _split_apps(school: list[tuple[str, bool]], installed: list[str]) -> tuple[list[str], list[str], list[str]]:
     """The school's apps on the device (by its own records), those holding a pool licence, and the family's."""
-    school = profiles.school_apps_on(session, device_id)
     identifiers = [identifier for identifier, _ in school]
     licensed = [identifier for identifier, is_licensed in school if is_licensed]
-    family = [a.identifier for a in inventory.installed_apps(session, device_id) if a.identifier not in identifiers]
+    family = [identifier for identifier in installed if identifier not in identifiers]
     return identifiers, licensed, family
 
 
@@ -181,32 +231,81 @@ def _apps_of(session: Session, device_id: str) -> tuple[list[str], list[str], li
 
 
 def advance_case(session: Session, case: ExitCase) -> None:
+    advance_cases(session, [case])
+
+
+def advance_cases(session: Session, cases: Sequence[ExitCase]) -> None:
     """Recomputes every step from the facts; queues RemoveMDM or EraseDevice when their turn comes."""
-    if case.status != CaseStatus.in_progress.value:
-        return
-    before = {s.id: s.status for s in service.case_steps(session, case.id)}
-    filters = profiles.filtering_profile_identifiers(session)  # once a case, not once a device
-    for exit_device in service.case_devices(session, case.id):
-        steps = service.steps_of(session, case.id, exit_device.device_id)
+    moving = [case for case in cases if case.status == CaseStatus.in_progress.value]
+    for batch in chunks(moving, CASE_BATCH):
+        facts = _Facts.read(session, batch)
+        for case in batch:
+            _advance(session, case, facts)
+
+
+@dataclass
+class _Facts:
+    """What moving cases on needs, read for a batch of cases at once: one query per kind of fact."""
+
+    steps: dict[str, list[ExitStep]]  # by case id, each device's in checklist order
+    exit_devices: dict[str, list[ExitDevice]]  # by case id
+    sent: dict[str, list[Command]]  # by device id, uncancelled, oldest first
+    certificates: dict[str, DeviceCertificate]  # each device's latest
+    school_apps: dict[str, list[tuple[str, bool]]]
+    filters: set[str]
+
+    @classmethod
+    def read(cls, session: Session, cases: list[ExitCase]) -> "_Facts":
+        case_ids = [case.id for case in cases]
+        steps: dict[str, list[ExitStep]] = defaultdict(list)
+        for step in service.steps_of_cases(session, case_ids):
+            steps[step.case_id].append(step)
+        exit_devices: dict[str, list[ExitDevice]] = defaultdict(list)
+        for exit_device in service.devices_of_cases(session, case_ids):
+            exit_devices[exit_device.case_id].append(exit_device)
+        device_ids = [d.device_id for found in exit_devices.values() for d in found]
+        since = min((case.started_at for case in cases if case.started_at is not None), default=None)
+        return cls(
+            steps=steps,
+            exit_devices=exit_devices,
+            sent=_commands_of(session, device_ids, since),
+            certificates=devices.latest_certificates(session, device_ids),
+            school_apps=profiles.school_apps_on_devices(session, device_ids),
+            filters=profiles.filtering_profile_identifiers(session),
+        )
+
+    def steps_of(self, case_id: str, device_id: str) -> dict[str, ExitStep]:
+        return {step.kind: step for step in self.steps[case_id] if step.device_id == device_id}
+
+    def sent_since(self, device_id: str, since: datetime | None) -> list[Command]:
+        return [c for c in self.sent.get(device_id, []) if since is None or c.created_at >= since]
+
+
+def _advance(session: Session, case: ExitCase, facts: _Facts) -> None:
+    before = {step.id: step.status for step in facts.steps[case.id]}
+    for exit_device in facts.exit_devices[case.id]:
+        steps = facts.steps_of(case.id, exit_device.device_id)
         if exit_device.ownership == "personal":
-            _advance_personal(session, case, exit_device, steps, filters)
+            _advance_personal(session, case, exit_device, steps, facts)
         else:
-            _advance_school(session, case, exit_device, steps)
-    _settle_case(session, case, before)
+            _advance_school(session, case, exit_device, steps, facts)
+    _settle_case(session, case, facts.steps[case.id], before)
 
 
-def _device_commands(session: Session, device_id: str, since: datetime | None) -> list[Command]:
-    statement = select(Command).where(Command.device_id == device_id, col(Command.status) != "cancelled")
+def _commands_of(session: Session, device_ids: list[str], since: datetime | None) -> dict[str, list[Command]]:
+    statement = select(Command).where(col(Command.device_id).in_(device_ids), col(Command.status) != "cancelled")
     if since is not None:
         statement = statement.where(Command.created_at >= since)
-    return list(session.exec(statement.order_by(Command.id)))
+    sent: dict[str, list[Command]] = defaultdict(list)
+    for command in session.exec(statement.order_by(Command.id)):
+        sent[command.device_id].append(command)
+    return sent
 
 
 def _advance_personal(
-    session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep], filters: set[str]
+    session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep], facts: _Facts
 ) -> None:
-    device_id = exit_device.device_id
-    sent = _device_commands(session, device_id, case.started_at)
+    sent, filters = facts.sent_since(exit_device.device_id, case.started_at), facts.filters
     removals = {
         "remove_school_apps": [c for c in sent if c.type == CommandType.RemoveApplication.value],
         "remove_proxy": [c for c in sent if c.type == CommandType.RemoveProfile.value and _identifier(c) in filters],
@@ -219,7 +318,7 @@ def _advance_personal(
     exit_device.apps_removed = sorted(
         {_identifier(c) for c in removals["remove_school_apps"] if c.status == "acknowledged"}
     )
-    _reclaim(session, steps["reclaim_licences"], exit_device, after=[steps[k] for k in removals])
+    _reclaim(steps["reclaim_licences"], exit_device, facts, after=[steps[k] for k in removals])
     if all(steps[k].status in (*FINISHED_STEPS, "failed") for k in removals):
         _once(session, steps["remove_mdm"], sent, CommandType.RemoveMDM, REMOVE_MDM_TARGET)
     if steps["remove_mdm"].status == StepStatus.done.value:
@@ -230,26 +329,28 @@ def _advance_personal(
                     StepStatus.done,
                     f"{steps[kind].detail}; removed when management ended (RemoveMDM acknowledged)",
                 )
-    _certificate(session, steps["revoke_certificate"], exit_device, after=steps["remove_mdm"])
+    _certificate(session, steps["revoke_certificate"], exit_device, facts, after=steps["remove_mdm"])
     session.add(exit_device)
 
 
-def _advance_school(session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep]) -> None:
+def _advance_school(
+    session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep], facts: _Facts
+) -> None:
     device = session.get(Device, exit_device.device_id)
     assert device is not None
-    sent = _device_commands(session, device.id, case.started_at)
+    sent = facts.sent_since(device.id, case.started_at)
     collect = steps["collect_device"]
     if collect.status not in FINISHED_STEPS:
         collect.detail = "waiting for the device to be handed in to IT"
         session.add(collect)
-    never_enrolled = devices.latest_certificate(session, device.id) is None
+    never_enrolled = device.id not in facts.certificates
     if never_enrolled:
         for kind in ("wipe", "reclaim_licences", "revoke_certificate"):
             _finish(steps[kind], StepStatus.skipped, "the device was never enrolled")
     elif collect.status in FINISHED_STEPS:
         _wipe(session, steps["wipe"], device, sent)
-        _reclaim(session, steps["reclaim_licences"], exit_device, after=[steps["wipe"]])
-        _certificate(session, steps["revoke_certificate"], exit_device, after=steps["wipe"])
+        _reclaim(steps["reclaim_licences"], exit_device, facts, after=[steps["wipe"]])
+        _certificate(session, steps["revoke_certificate"], exit_device, facts, after=steps["wipe"])
     if collect.status in FINISHED_STEPS and (never_enrolled or steps["wipe"].status in FINISHED_STEPS):
         if never_enrolled and device.state != DeviceState.in_stock.value:
             devices.set_state(session, device, DeviceState.in_stock, unassign=True)
@@ -312,10 +413,10 @@ def _once(session: Session, step: ExitStep, sent: list[Command], command_type: C
     _from_commands(step, mine[-1:], nothing="")
 
 
-def _reclaim(session: Session, step: ExitStep, exit_device: ExitDevice, after: Iterable[ExitStep]) -> None:
+def _reclaim(step: ExitStep, exit_device: ExitDevice, facts: _Facts, after: Iterable[ExitStep]) -> None:
     if step.status in FINISHED_STEPS:
         return
-    held = profiles.school_apps_on(session, exit_device.device_id)
+    held = facts.school_apps.get(exit_device.device_id, [])
     licensed = [identifier for identifier, is_licensed in held if is_licensed]
     exit_device.licences_returned = sorted(set(exit_device.licences_held) - set(licensed))
     if not held:
@@ -326,10 +427,10 @@ def _reclaim(session: Session, step: ExitStep, exit_device: ExitDevice, after: I
         step.status, step.detail = StepStatus.waiting_for_device.value, f"{len(licensed)} licence(s) still held"
 
 
-def _certificate(session: Session, step: ExitStep, exit_device: ExitDevice, after: ExitStep) -> None:
+def _certificate(session: Session, step: ExitStep, exit_device: ExitDevice, facts: _Facts, after: ExitStep) -> None:
     if step.status in FINISHED_STEPS:
         return
-    live = devices.latest_certificate(session, exit_device.device_id)
+    live = facts.certificates.get(exit_device.device_id)
     if live is not None and live.revoked_at is None:
         step.status = (
             StepStatus.pending.value if after.status not in FINISHED_STEPS else StepStatus.waiting_for_device.value
@@ -361,8 +462,7 @@ def _ack(command: Command) -> dict[str, Any]:
     }
 
 
-def _settle_case(session: Session, case: ExitCase, before: dict[str, str]) -> None:
-    steps = service.case_steps(session, case.id)
+def _settle_case(session: Session, case: ExitCase, steps: list[ExitStep], before: dict[str, str]) -> None:
     for step in steps:
         session.add(step)
         if step.status == StepStatus.failed.value and before.get(step.id) != StepStatus.failed.value:
@@ -392,8 +492,7 @@ def _settle_case(session: Session, case: ExitCase, before: dict[str, str]) -> No
 
 def on_command_result(session: Session, command: Command) -> None:
     """Every answer from a device in an exit moves its case on."""
-    for case in service.cases_of_device(session, command.device_id, CaseStatus.in_progress):
-        advance_case(session, case)
+    advance_cases(session, service.cases_of_device(session, command.device_id, CaseStatus.in_progress))
 
 
 def complete_step(session: Session, case_id: str, step_id: str, note: str, actor: Actor) -> ExitCasePublic:
@@ -457,8 +556,7 @@ def retry_step(session: Session, case_id: str, step_id: str, actor: Actor) -> Ex
 
 def start_due_cases(session: Session, on: date) -> list[str]:
     due = service.due_cases(session, on)
-    for case in due:
-        start_case(session, case, SYSTEM)
+    start_cases(session, due, SYSTEM)
     return [case.id for case in due]
 
 
@@ -480,6 +578,5 @@ def lock_uncollected(session: Session, on: date) -> list[str]:
 
 def advance_open_cases(session: Session) -> int:
     cases = service.cases_in(session, CaseStatus.in_progress)
-    for case in cases:
-        advance_case(session, case)
+    advance_cases(session, cases)
     return len(cases)

@@ -1,8 +1,8 @@
 """The MIS's leavers, in bulk: `external_id,leaving_date,reason`, all or nothing.
 
 The file is read and every line checked by the shared CSV validation (mdm/csv_import.py), as the
-people and devices imports are, so a bad line is reported the same way everywhere; then one case is
-opened per line through the exit's flow, which starts those whose leaving date has come.
+people and devices imports are, so a bad line is reported the same way everywhere; then the cases are
+opened together through the exit's flow, which starts those whose leaving date has come in batches.
 """
 
 from dataclasses import dataclass
@@ -50,10 +50,8 @@ def import_leavers_csv(
         lambda leaver: leaver.external_id,
         "external_id",
     )
-    cases = [
-        flows.open_new_case(session, leaver.person_id, leaver.leaving_date, leaver.reason, actor, timezone)
-        for _, leaver in checked
-    ]
+    openings = [service.Opening(leaver.person_id, leaver.leaving_date, leaver.reason) for _, leaver in checked]
+    cases = flows.open_new_cases(session, openings, actor, timezone)
     started = sum(1 for case in cases if case.status != CaseStatus.scheduled.value)
     return LeaversImportResult(
         total=len(cases),

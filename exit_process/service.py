@@ -4,6 +4,8 @@ The step engine that moves a case on lives in exit_process/flows.py; the MIS's C
 exit_process/leavers.py. This module touches only the exit's own tables, so both can share it.
 """
 
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -21,7 +23,7 @@ from exit_process.models import (
     StepPublic,
 )
 from mdm.actor import Actor
-from mdm.audit.service import record
+from mdm.audit.service import record, record_each
 from mdm.errors import Conflict, NotFound
 from mdm.ids import new_id, utcnow
 from mdm.pagination import Page, PageParams, paginate
@@ -41,34 +43,45 @@ def get_case(session: Session, case_id: str) -> ExitCase:
     return case
 
 
-def create_case(session: Session, person_id: str, leaving: date, reason: str, actor: Actor) -> ExitCase:
-    """A scheduled case; a second open case for the same person is a 409, even from a racing request."""
-    case = ExitCase(
-        id=new_id(),
-        person_id=person_id,
-        status=CaseStatus.scheduled.value,
-        reason=reason,
-        leaving_date=leaving,
-        created_at=utcnow(),
-        created_by=actor.label,
-        revoked_tokens=[],
-    )
+@dataclass(frozen=True)
+class Opening:
+    """A case to open: who leaves, when, and why."""
+
+    person_id: str
+    leaving_date: date
+    reason: str
+
+
+def create_cases(session: Session, openings: Sequence[Opening], actor: Actor) -> list[ExitCase]:
+    """Scheduled cases, stored and audited together; a second open case for anyone is a 409, even from a race."""
+    now = utcnow()
+    cases = [
+        ExitCase(
+            id=new_id(),
+            person_id=opening.person_id,
+            status=CaseStatus.scheduled.value,
+            reason=opening.reason,
+            leaving_date=opening.leaving_date,
+            created_at=now,
+            created_by=actor.label,
+            revoked_tokens=[],
+        )
+        for opening in openings
+    ]
     try:
         with session.begin_nested():  # the unique index settles a race between two requests
-            session.add(case)
+            session.add_all(cases)
             session.flush()
     except IntegrityError:
-        refuse_second_case(session, person_id)
+        for opening in openings:
+            refuse_second_case(session, opening.person_id)
         raise
-    record(
-        session,
-        actor,
-        "exit.open",
-        "exit_case",
-        case.id,
-        {"person_id": person_id, "leaving_date": leaving.isoformat(), "reason": reason},
-    )
-    return case
+    summaries = [
+        (case.id, {"person_id": case.person_id, "leaving_date": case.leaving_date.isoformat(), "reason": case.reason})
+        for case in cases
+    ]
+    record_each(session, actor, "exit.open", "exit_case", summaries)
+    return cases
 
 
 def refuse_second_case(session: Session, person_id: str) -> None:
@@ -99,8 +112,17 @@ def cases_of_device(session: Session, device_id: str, status: CaseStatus) -> lis
     return list(session.exec(statement))
 
 
-def case_steps(session: Session, case_id: str) -> list[ExitStep]:
-    return list(session.exec(select(ExitStep).where(ExitStep.case_id == case_id)))
+def steps_of_cases(session: Session, case_ids: Collection[str]) -> list[ExitStep]:
+    """Every step of these cases, each device's in checklist order."""
+    statement = select(ExitStep).where(col(ExitStep.case_id).in_(case_ids))
+    return list(
+        session.exec(statement.order_by(col(ExitStep.case_id), col(ExitStep.device_id), col(ExitStep.position)))
+    )
+
+
+def devices_of_cases(session: Session, case_ids: Collection[str]) -> list[ExitDevice]:
+    statement = select(ExitDevice).where(col(ExitDevice.case_id).in_(case_ids))
+    return list(session.exec(statement.order_by(col(ExitDevice.case_id), col(ExitDevice.device_id))))
 
 
 def case_devices(session: Session, case_id: str) -> list[ExitDevice]:

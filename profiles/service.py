@@ -1,6 +1,7 @@
 """Profiles and the app catalogue: what school devices must carry. Every change reconciles the devices."""
 
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, not_
@@ -467,15 +468,18 @@ def _release_by_identifier(session: Session, device_id: str, identifier: str | N
 # --- For other domains (the exit) ------------------------------------------------------------------
 
 
-def school_apps_on(session: Session, device_id: str) -> list[tuple[str, bool]]:
-    """(app identifier, licensed) of every app the school put on the device, by its own records."""
+def school_apps_on_devices(session: Session, device_ids: Collection[str]) -> dict[str, list[tuple[str, bool]]]:
+    """By device, (app identifier, licensed) of every app the school put on it, by its own records; in one query."""
     statement = (
-        select(App.identifier, App.licence)
-        .join(SchoolInstall, SchoolInstall.app_id == App.id)  # type: ignore[arg-type]
-        .where(SchoolInstall.device_id == device_id)
+        select(SchoolInstall.device_id, App.identifier, App.licence)
+        .join(App, SchoolInstall.app_id == App.id)  # type: ignore[arg-type]
+        .where(col(SchoolInstall.device_id).in_(device_ids))
         .order_by(App.identifier)
     )
-    return [(identifier, licence == "school") for identifier, licence in session.exec(statement)]
+    apps: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    for device_id, identifier, licence in session.exec(statement):
+        apps[device_id].append((identifier, licence == "school"))
+    return apps
 
 
 def filtering_profile_identifiers(session: Session) -> set[str]:

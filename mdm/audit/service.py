@@ -7,7 +7,7 @@ change it describes: both commit or neither does.
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Select
@@ -47,7 +47,32 @@ def record(
     object_id: str | None,
     summary: dict[str, Any] | None = None,
 ) -> AuditEvent:
+    return record_each(session, actor, action, object_type, [(object_id, summary)])[0]
+
+
+def record_each(
+    session: Session,
+    actor: Actor,
+    action: str,
+    object_type: str,
+    objects: Iterable[tuple[str | None, dict[str, Any] | None]],
+) -> list[AuditEvent]:
+    """One event per (object id, summary), in order, with the chain's head locked and written once.
+
+    Bulk work (a year's leavers) records thousands of events in one transaction: one head read and one
+    flush for all of them, not one each.
+    """
     head = session.exec(select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()).one()
+    events = [_append(head, actor, action, object_type, object_id, summary) for object_id, summary in objects]
+    session.add_all(events)
+    session.add(head)
+    session.flush()
+    return events
+
+
+def _append(
+    head: AuditHead, actor: Actor, action: str, object_type: str, object_id: str | None, summary: dict[str, Any] | None
+) -> AuditEvent:
     event = AuditEvent(
         seq=head.last_seq + 1,
         id=new_id(),
@@ -64,9 +89,6 @@ def record(
     )
     event.hash = event_hash(event)
     head.last_seq, head.last_hash = event.seq, event.hash
-    session.add(event)
-    session.add(head)
-    session.flush()
     return event
 
 

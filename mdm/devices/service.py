@@ -1,6 +1,6 @@
 """The device registry: pre-registration (one by one or by CSV), lookups and filtered lists."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -336,14 +336,14 @@ def add_certificate(
     return certificate
 
 
-def latest_certificate(session: Session, device_id: str) -> DeviceCertificate | None:
+def latest_certificates(session: Session, device_ids: Collection[str]) -> dict[str, DeviceCertificate]:
+    """Each device's most recently issued certificate, in one query (a device holds a handful); never enrolled = absent."""
     statement = (
         select(DeviceCertificate)
-        .where(DeviceCertificate.device_id == device_id)
-        .order_by(col(DeviceCertificate.issued_at).desc())
-        .limit(1)
+        .where(col(DeviceCertificate.device_id).in_(device_ids))
+        .order_by(col(DeviceCertificate.issued_at))
     )
-    return session.exec(statement).first()
+    return {certificate.device_id: certificate for certificate in session.exec(statement)}
 
 
 def certificate_by_serial(session: Session, serial_hex: str) -> DeviceCertificate | None:

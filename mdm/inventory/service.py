@@ -16,7 +16,7 @@ report and a command result of the same device never interleave their read-modif
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -207,8 +207,17 @@ def _update_snapshot_profiles(
 # --- Reading ---------------------------------------------------------------------------------------
 
 
-def installed_apps(session: Session, device_id: str) -> list[DeviceApp]:
-    return list(session.exec(select(DeviceApp).where(DeviceApp.device_id == device_id).order_by(DeviceApp.identifier)))
+def installed_identifiers(session: Session, device_ids: Collection[str]) -> dict[str, list[str]]:
+    """The identifiers of every app each device last reported, sorted, in one query; none reported = absent."""
+    statement = (
+        select(DeviceApp.device_id, DeviceApp.identifier)
+        .where(col(DeviceApp.device_id).in_(device_ids))
+        .order_by(DeviceApp.identifier)
+    )
+    identifiers: dict[str, list[str]] = defaultdict(list)
+    for device_id, identifier in session.exec(statement):
+        identifiers[device_id].append(identifier)
+    return identifiers
 
 
 def reported_inventories(session: Session, device_ids: list[str]) -> dict[str, ReportedInventory]:
