@@ -28,7 +28,7 @@ from mdm.commands import service as commands
 from mdm.commands.intents import Intent, intent_of
 from mdm.commands.models import OPEN_STATUSES, Command, CommandResult
 from mdm.devices import service as devices
-from mdm.devices.models import Device, DeviceCertificate, DeviceState
+from mdm.devices.models import Device, DeviceCertificate, DeviceState, Identity
 from mdm.errors import ProblemError
 from mdm.inventory.models import DeviceInventory, Inventory
 from mdm.inventory.service import store_inventory
@@ -36,14 +36,12 @@ from mdm.inventory.service import store_inventory
 REFUSED_STATES = {DeviceState.retired.value: "retired", DeviceState.in_stock.value: "wiped and back in stock"}
 
 
-def identity_candidates(session: Session, device_id: str) -> list[DeviceCertificate]:
+def identity_candidates(session: Session, device_id: str) -> list[Identity]:
     """The certificates the device may prove itself with, newest first ([] for an unknown device)."""
     return devices.identity_candidates(session, device_id)
 
 
-def admit(
-    session: Session, device_id: str, proven: DeviceCertificate, candidates: list[DeviceCertificate], now: datetime
-) -> Device:
+def admit(session: Session, device_id: str, proven: Identity, candidates: list[Identity], now: datetime) -> Device:
     """The device, locked for the rest of the transaction, once the identity that proved it may still talk.
 
     `proven` is the candidate whose key made the adapter's signature. When it is the newest and an older
@@ -56,7 +54,7 @@ def admit(
     return device
 
 
-def refuse_unless_admissible(proven: DeviceCertificate, device_state: str, now: datetime) -> None:
+def refuse_unless_admissible(proven: Identity, device_state: str, now: datetime) -> None:
     """403 when the identity is revoked or expired, or the device is no longer managed."""
     if proven.revoked_at is not None:
         raise ProblemError(403, "This device's certificate has been revoked; enrol it again to manage it.")
@@ -66,7 +64,7 @@ def refuse_unless_admissible(proven: DeviceCertificate, device_state: str, now: 
         raise ProblemError(403, f"This device is {REFUSED_STATES[device_state]}; it is no longer managed.")
 
 
-def _proves_reenrolment(proven: DeviceCertificate, candidates: list[DeviceCertificate]) -> bool:
+def _proves_reenrolment(proven: Identity, candidates: list[Identity]) -> bool:
     return proven is candidates[0] and any(c.revoked_at is None for c in candidates[1:])
 
 
@@ -79,7 +77,7 @@ class Standing:
     inventory_hash: str | None
     has_open_commands: bool
 
-    def is_quiet(self, proven: DeviceCertificate, candidates: list[DeviceCertificate]) -> bool:
+    def is_quiet(self, proven: Identity, candidates: list[Identity]) -> bool:
         """Nothing to store, deliver or revoke: the connect only says the device is still there."""
         return not self.has_open_commands and not _proves_reenrolment(proven, candidates)
 
@@ -93,7 +91,7 @@ def standing(session: Session, device_id: str) -> Standing | None:
 def pass_quietly(
     session: Session,
     device_id: str,
-    proven: DeviceCertificate,
+    proven: Identity,
     seen: Standing,
     now: datetime,
     *,
@@ -146,7 +144,7 @@ _QUIET_CHECKIN_WITH_REPORT = (
 )
 
 
-def _supersede_older_identities(session: Session, device: Device, proven: DeviceCertificate) -> None:
+def _supersede_older_identities(session: Session, device: Device, proven: Identity) -> None:
     serials = devices.revoke_certificates(
         session, device.id, "superseded: the device enrolled again", keep=proven.serial_number
     )

@@ -1,3 +1,4 @@
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -138,6 +139,23 @@ class DeviceCertificate(SQLModel, table=True):
     not_after: datetime = Field(sa_type=UtcDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime, index=True)
     revocation_reason: str | None = Field(default=None, max_length=500)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A device certificate as the device channel reads it: plain values, not an ORM entity.
+
+    Every check-in and every Apple connect reads its device's identities; loading them as entities
+    (identity map, change tracking, the PEM as a tracked attribute) cost more than the query.
+    """
+
+    serial_number: str
+    device_id: str
+    certificate_pem: str
+    fingerprint_sha256: str
+    issued_at: datetime
+    not_after: datetime
+    revoked_at: datetime | None
 
 
 class HoldChange(Input):

@@ -2,11 +2,13 @@
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Select, bindparam, insert, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from mdm import desired_state
@@ -34,6 +36,7 @@ from mdm.devices.models import (
     DeviceRegister,
     DeviceState,
     HoldChange,
+    Identity,
     PkiState,
 )
 from mdm.errors import Conflict, Invalid, NotFound
@@ -346,12 +349,15 @@ def latest_certificates(session: Session, device_ids: Collection[str]) -> dict[s
     return {certificate.device_id: certificate for certificate in session.exec(statement)}
 
 
-def certificate_by_serial(session: Session, serial_hex: str) -> DeviceCertificate | None:
+def certificate_by_serial(session: Session, serial_hex: str) -> Identity | None:
     """The identity certificate with this serial (hex), whichever device it was issued to."""
-    return session.get(DeviceCertificate, serial_hex)
+    row = session.execute(
+        _IDENTITIES.where(_certificate.c.serial_number == bindparam("serial")), {"serial": serial_hex}
+    )
+    return _identity(row.first())
 
 
-def identity_candidates(session: Session, device_id: str) -> list[DeviceCertificate]:
+def identity_candidates(session: Session, device_id: str) -> list[Identity]:
     """The certificates a device may sign with, newest first: its two newest, then any older one still live.
 
     An older live certificate means the device enrolled again and the new identity has not yet proven
@@ -360,14 +366,20 @@ def identity_candidates(session: Session, device_id: str) -> list[DeviceCertific
     device whose identity was just superseded is told so (403), not that its signature is unknown.
     """
     # A device has a handful of certificates (one per enrolment): read them all, choose here.
-    newest_first = list(session.exec(_CERTIFICATES_NEWEST_FIRST, params={"device_id": device_id}))  # type: ignore[call-overload]
+    rows = session.execute(_IDENTITIES_NEWEST_FIRST, {"device_id": device_id})
+    newest_first = [Identity(*row) for row in rows]
     return newest_first[:2] + [c for c in newest_first[2:] if c.revoked_at is None]
 
 
-_CERTIFICATES_NEWEST_FIRST = (
-    select(DeviceCertificate)
-    .where(DeviceCertificate.device_id == bindparam("device_id"))
-    .order_by(col(DeviceCertificate.issued_at).desc())
+def _identity(row: Any) -> Identity | None:
+    return Identity(*row) if row is not None else None
+
+
+# Core, not the ORM: every check-in and Apple connect runs these (see Identity).
+_certificate = DeviceCertificate.__table__  # type: ignore[attr-defined]
+_IDENTITIES = sql_select(*(_certificate.c[field.name] for field in dataclass_fields(Identity)))
+_IDENTITIES_NEWEST_FIRST = _IDENTITIES.where(_certificate.c.device_id == bindparam("device_id")).order_by(
+    _certificate.c.issued_at.desc()
 )
 
 

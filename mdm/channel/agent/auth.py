@@ -24,7 +24,7 @@ from mdm.channel.agent.signature import (
     verify_request_signature,
 )
 from mdm.database import insert_ignoring_duplicates
-from mdm.devices.models import Device, DeviceCertificate
+from mdm.devices.models import Device, Identity
 from mdm.errors import ProblemError
 
 # Nonces are kept for twice the skew window: any request older than that is refused by its timestamp.
@@ -71,7 +71,7 @@ def authenticate(session: Session, request: SignedRequest, now: datetime) -> Dev
     return device
 
 
-def signing_certificate(candidates: list[DeviceCertificate], request: SignedRequest) -> DeviceCertificate:
+def signing_certificate(candidates: list[Identity], request: SignedRequest) -> Identity:
     """The newest candidate whose key made the signature; 401 when none did."""
     if not candidates:
         raise unauthenticated("Unknown device, or a signature that does not verify.")

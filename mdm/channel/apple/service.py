@@ -25,7 +25,7 @@ from mdm.commands.intents import InstallApplication, QueryInventory, intent_of
 from mdm.commands.models import OPEN_STATUSES, Command, CommandResult, CommandType
 from mdm.database import Database
 from mdm.devices import service as devices
-from mdm.devices.models import Device, DeviceCertificate, DeviceState
+from mdm.devices.models import Device, DeviceState, Identity
 from mdm.errors import Conflict, NotFound, ProblemError
 from mdm.hooks import AppleClaim, hooks_of
 from mdm.inventory.service import stored_apps
@@ -52,7 +52,7 @@ def authenticate(session: Session, signer: Signer, udid: str, now: datetime) -> 
     return channel.admit(session, proven.device_id, proven, candidates, now)
 
 
-def identify(session: Session, signer: Signer, udid: str) -> tuple[DeviceCertificate, list[DeviceCertificate]]:
+def identify(session: Session, signer: Signer, udid: str) -> tuple[Identity, list[Identity]]:
     """The identity that signed, with its device's other candidates; 401 unless it is that UDID's own."""
     certificate = devices.certificate_by_serial(session, signer.serial_hex)
     if certificate is None or certificate.fingerprint_sha256 != signer.fingerprint_sha256:
