@@ -56,16 +56,17 @@ from profiles.api import router as profiles_router
 
 log = logging.getLogger("mdm.app")
 
+# Starlette tries routes in order: the devices' own endpoints, called most, come first.
 ROUTERS: tuple[APIRouter, ...] = (
     health_router,
+    channel_router,
+    apple_router,
     tokens_router,
     audit_router,
     access_policy_router,
     people_router,
     devices_router,
     commands_router,
-    channel_router,
-    apple_router,
     apple_push_router,
     enrollment_router,
     scep_router,

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, bindparam, create_engine, event, text
+from sqlalchemy import JSON, Connection, DateTime, Engine, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -31,6 +31,9 @@ from sqlmodel import Session
 
 from mdm.hooks import SESSION_KEY, Hooks
 from mdm.private_files import PRIVATE_FILE, private_dir, private_file, restrict
+
+# Runs a Core statement with .execute(statement, parameters): what the hot path's plain-row reads need.
+Queryable = Session | Connection
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Enough for the server's thread pool to read while one connection writes; more only costs file handles.
@@ -88,6 +91,12 @@ class Database:
     def reading(self) -> Iterator[Session]:
         with self._session(self.read_engine) as session:
             yield session
+
+    @contextmanager
+    def querying(self) -> Iterator[Connection]:
+        """A read through Core alone, no ORM session: the reads every check-in makes before any write lock."""
+        with self.read_engine.connect() as connection:
+            yield connection
 
     def _session(self, engine: Engine) -> Session:
         info = {SESSION_KEY: self.hooks} if self.hooks is not None else None

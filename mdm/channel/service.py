@@ -27,6 +27,7 @@ from mdm.audit.service import record
 from mdm.commands import service as commands
 from mdm.commands.intents import Intent, intent_of
 from mdm.commands.models import OPEN_STATUSES, Command, CommandResult
+from mdm.database import Queryable
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceCertificate, DeviceState, Identity
 from mdm.errors import ProblemError
@@ -36,7 +37,7 @@ from mdm.inventory.service import store_inventory
 REFUSED_STATES = {DeviceState.retired.value: "retired", DeviceState.in_stock.value: "wiped and back in stock"}
 
 
-def identity_candidates(session: Session, device_id: str) -> list[Identity]:
+def identity_candidates(session: Queryable, device_id: str) -> list[Identity]:
     """The certificates the device may prove itself with, newest first ([] for an unknown device)."""
     return devices.identity_candidates(session, device_id)
 
@@ -82,7 +83,7 @@ class Standing:
         return not self.has_open_commands and not _proves_reenrolment(proven, candidates)
 
 
-def standing(session: Session, device_id: str) -> Standing | None:
+def standing(session: Queryable, device_id: str) -> Standing | None:
     """The device's state, its stored inventory's hash and whether commands wait; None for an unknown id."""
     row = session.execute(_STANDING, {"device_id": device_id}).first()
     return Standing(*row) if row is not None else None

@@ -26,7 +26,7 @@ from mdm.csv_import import (
     row_error_from_validation,
     validate_rows,
 )
-from mdm.database import refresh_statistics
+from mdm.database import Queryable, refresh_statistics
 from mdm.devices.models import (
     ComplianceStatus,
     ComplianceSummary,
@@ -349,7 +349,7 @@ def latest_certificates(session: Session, device_ids: Collection[str]) -> dict[s
     return {certificate.device_id: certificate for certificate in session.exec(statement)}
 
 
-def certificate_by_serial(session: Session, serial_hex: str) -> Identity | None:
+def certificate_by_serial(session: Queryable, serial_hex: str) -> Identity | None:
     """The identity certificate with this serial (hex), whichever device it was issued to."""
     row = session.execute(
         _IDENTITIES.where(_certificate.c.serial_number == bindparam("serial")), {"serial": serial_hex}
@@ -357,7 +357,7 @@ def certificate_by_serial(session: Session, serial_hex: str) -> Identity | None:
     return _identity(row.first())
 
 
-def identity_candidates(session: Session, device_id: str) -> list[Identity]:
+def identity_candidates(session: Queryable, device_id: str) -> list[Identity]:
     """The certificates a device may sign with, newest first: its two newest, then any older one still live.
 
     An older live certificate means the device enrolled again and the new identity has not yet proven

@@ -79,9 +79,9 @@ _REPORTS = ReportHashes(capacity=32_768)  # a fleet's worth of converged devices
 def serve_checkin(database: Database, signed: SignedRequest, settings: Settings) -> CheckinResponse:
     """The device's check-in: its report stored, and the commands due handed over."""
     now = utcnow()
-    with database.reading() as session:
-        candidates = channel.identity_candidates(session, signed.device_id)
-        seen = channel.standing(session, signed.device_id)
+    with database.querying() as connection:
+        candidates = channel.identity_candidates(connection, signed.device_id)
+        seen = channel.standing(connection, signed.device_id)
     proven = auth.signing_certificate(candidates, signed)
     if seen is not None:  # None: deleted since; the full path says so
         channel.refuse_unless_admissible(proven, seen.state, now)

@@ -11,6 +11,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from mdm.channel import service as channel
@@ -23,7 +24,7 @@ from mdm.channel.apple.signature import Signer
 from mdm.commands import service as commands
 from mdm.commands.intents import InstallApplication, QueryInventory, intent_of
 from mdm.commands.models import OPEN_STATUSES, Command, CommandResult, CommandType
-from mdm.database import Database
+from mdm.database import Database, Queryable
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceState, Identity
 from mdm.errors import Conflict, NotFound, ProblemError
@@ -52,7 +53,7 @@ def authenticate(session: Session, signer: Signer, udid: str, now: datetime) -> 
     return channel.admit(session, proven.device_id, proven, candidates, now)
 
 
-def identify(session: Session, signer: Signer, udid: str) -> tuple[Identity, list[Identity]]:
+def identify(session: Queryable, signer: Signer, udid: str) -> tuple[Identity, list[Identity]]:
     """The identity that signed, with its device's other candidates; 401 unless it is that UDID's own."""
     certificate = devices.certificate_by_serial(session, signer.serial_hex)
     if certificate is None or certificate.fingerprint_sha256 != signer.fingerprint_sha256:
@@ -61,10 +62,12 @@ def identify(session: Session, signer: Signer, udid: str) -> tuple[Identity, lis
     proven = next((c for c in candidates if c.serial_number == certificate.serial_number), None)
     if proven is None:
         raise unauthenticated("This identity was replaced by a newer one; sign with the newest.")
-    apple = session.get(AppleDevice, certificate.device_id)
-    if apple is None or apple.udid != udid:
+    if session.execute(_UDID, {"device_id": certificate.device_id}).scalar() != udid:
         raise unauthenticated("This certificate belongs to another device.")
     return proven, candidates
+
+
+_UDID = select(col(AppleDevice.udid)).where(col(AppleDevice.device_id) == bindparam("device_id"))
 
 
 # --- Check-in messages ----------------------------------------------------------------------------
@@ -144,9 +147,9 @@ def on_idle(database: Database, signer: Signer, report: Report, now: datetime, r
     Read and checked before any write lock, then recorded with the core's one conditional UPDATE; when
     commands wait, or anything moved since the read, the full path runs in the same transaction.
     """
-    with database.reading() as session:
-        proven, candidates = identify(session, signer, report.udid)
-        seen = channel.standing(session, proven.device_id)
+    with database.querying() as connection:
+        proven, candidates = identify(connection, signer, report.udid)
+        seen = channel.standing(connection, proven.device_id)
     if seen is not None:
         channel.refuse_unless_admissible(proven, seen.state, now)
     quiet = seen is not None and seen.is_quiet(proven, candidates)
