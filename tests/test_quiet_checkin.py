@@ -8,6 +8,7 @@ before the write transaction, and checks the device gets what the full path give
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -26,15 +27,18 @@ def converged(client, auth) -> Device:
 
 
 def between_read_and_write(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
-    """Runs `change` (in its own committed transaction) right after the check-in's read."""
-    read = channel.standing
+    """Runs `change` (in its own committed transaction) right after a connect's read, agent or Apple."""
+    for name in ("read_device", "read_device_of_certificate"):
+        monkeypatch.setattr(channel, name, _then(getattr(channel, name), change))
 
-    def read_then_change(session, device_id):  # type: ignore[no-untyped-def]
-        seen = read(session, device_id)
+
+def _then(read: Callable[..., Any], change: Callable[[], None]) -> Callable[..., Any]:
+    def read_then_change(*args: Any) -> Any:
+        seen = read(*args)
         change()
         return seen
 
-    monkeypatch.setattr(channel, "standing", read_then_change)
+    return read_then_change
 
 
 def execute(database, statement: str, **values) -> None:  # type: ignore[no-untyped-def]

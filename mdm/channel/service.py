@@ -9,14 +9,16 @@ NanoMDM's service interface: the HTTP and the wire format stay in the adapter.
 A revoked or expired certificate, or a device no longer managed, is 403 on every protocol alike.
 
 Most connects change nothing: a converged device reports what it reported last time and has no
-commands waiting. `standing` reads what decides that before any write lock is taken, and
+commands waiting. `read_device` reads what decides that before any write lock is taken, and
 `pass_quietly` then records the check-in in one conditional UPDATE. Its WHERE clause repeats every
 condition the read saw, so whatever changed in between (a revocation, a retirement, a queued command,
 another report) makes it touch nothing, and the adapter takes the full path inside the same transaction.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, select, update
 from sqlmodel import Session
@@ -83,10 +85,28 @@ class Standing:
         return not self.has_open_commands and not _proves_reenrolment(proven, candidates)
 
 
-def standing(session: Queryable, device_id: str) -> Standing | None:
-    """The device's state, its stored inventory's hash and whether commands wait; None for an unknown id."""
-    row = session.execute(_STANDING, {"device_id": device_id}).first()
-    return Standing(*row) if row is not None else None
+def read_device(connection: Queryable, device_id: str) -> tuple[list[Identity], Standing | None]:
+    """In one query, before any write lock: the device's identity candidates and its standing; ([], None) if unknown."""
+    rows = connection.execute(_BY_DEVICE, {"device_id": device_id}).all()
+    return devices.choose_candidates(_identities(rows)), _standing(rows)
+
+
+def read_device_of_certificate(
+    connection: Queryable, serial_hex: str
+) -> tuple[Identity | None, list[Identity], Standing | None]:
+    """`read_device` for the device this certificate (hex serial) was issued to, with the certificate itself."""
+    rows = connection.execute(_BY_CERTIFICATE, {"serial": serial_hex}).all()
+    identities = _identities(rows)
+    own = next((identity for identity in identities if identity.serial_number == serial_hex), None)
+    return own, devices.choose_candidates(identities), _standing(rows)
+
+
+def _identities(rows: Sequence[Any]) -> list[Identity]:
+    return [Identity(*row[: len(devices.IDENTITY_COLUMNS)]) for row in rows]
+
+
+def _standing(rows: Sequence[Any]) -> Standing | None:
+    return Standing(*rows[0][len(devices.IDENTITY_COLUMNS) :]) if rows else None
 
 
 def pass_quietly(
@@ -117,10 +137,21 @@ _inventory = DeviceInventory.__table__  # type: ignore[attr-defined]
 _command = Command.__table__  # type: ignore[attr-defined]
 
 _OPEN_COMMANDS = exists().where(_command.c.device_id == _device.c.id, _command.c.status.in_(OPEN_STATUSES))
-_STANDING = (
-    select(_device.c.state, _device.c.os_version, _inventory.c.content_hash, _OPEN_COMMANDS)
-    .select_from(_device.outerjoin(_inventory, _inventory.c.device_id == _device.c.id))
-    .where(_device.c.id == bindparam("device_id"))
+# Each of the device's certificates (a handful), newest first, with the device's standing beside each.
+_IDENTITIES_AND_STANDING = (
+    select(*devices.IDENTITY_COLUMNS, _device.c.state, _device.c.os_version, _inventory.c.content_hash, _OPEN_COMMANDS)
+    .select_from(
+        _certificate.join(_device, _device.c.id == _certificate.c.device_id).outerjoin(
+            _inventory, _inventory.c.device_id == _device.c.id
+        )
+    )
+    .order_by(devices.NEWEST_FIRST)
+)
+_BY_DEVICE = _IDENTITIES_AND_STANDING.where(_certificate.c.device_id == bindparam("device_id"))
+_signer = _certificate.alias("signer")
+_BY_CERTIFICATE = _IDENTITIES_AND_STANDING.where(
+    _certificate.c.device_id
+    == select(_signer.c.device_id).where(_signer.c.serial_number == bindparam("serial")).scalar_subquery()
 )
 _STILL_QUIET = and_(
     _device.c.id == bindparam("device_id"),

@@ -351,10 +351,8 @@ def latest_certificates(session: Session, device_ids: Collection[str]) -> dict[s
 
 def certificate_by_serial(session: Queryable, serial_hex: str) -> Identity | None:
     """The identity certificate with this serial (hex), whichever device it was issued to."""
-    row = session.execute(
-        _IDENTITIES.where(_certificate.c.serial_number == bindparam("serial")), {"serial": serial_hex}
-    )
-    return _identity(row.first())
+    row = session.execute(_IDENTITY_BY_SERIAL, {"serial": serial_hex}).first()
+    return Identity(*row) if row is not None else None
 
 
 def identity_candidates(session: Queryable, device_id: str) -> list[Identity]:
@@ -366,21 +364,22 @@ def identity_candidates(session: Queryable, device_id: str) -> list[Identity]:
     device whose identity was just superseded is told so (403), not that its signature is unknown.
     """
     # A device has a handful of certificates (one per enrolment): read them all, choose here.
-    rows = session.execute(_IDENTITIES_NEWEST_FIRST, {"device_id": device_id})
-    newest_first = [Identity(*row) for row in rows]
+    rows = session.execute(_IDENTITIES_OF_DEVICE, {"device_id": device_id})
+    return choose_candidates([Identity(*row) for row in rows])
+
+
+def choose_candidates(newest_first: list[Identity]) -> list[Identity]:
+    """`identity_candidates`' choice among all of one device's certificates, given newest first."""
     return newest_first[:2] + [c for c in newest_first[2:] if c.revoked_at is None]
-
-
-def _identity(row: Any) -> Identity | None:
-    return Identity(*row) if row is not None else None
 
 
 # Core, not the ORM: every check-in and Apple connect runs these (see Identity).
 _certificate = DeviceCertificate.__table__  # type: ignore[attr-defined]
-_IDENTITIES = sql_select(*(_certificate.c[field.name] for field in dataclass_fields(Identity)))
-_IDENTITIES_NEWEST_FIRST = _IDENTITIES.where(_certificate.c.device_id == bindparam("device_id")).order_by(
-    _certificate.c.issued_at.desc()
-)
+IDENTITY_COLUMNS = tuple(_certificate.c[field.name] for field in dataclass_fields(Identity))
+NEWEST_FIRST = _certificate.c.issued_at.desc()
+_IDENTITIES = sql_select(*IDENTITY_COLUMNS)
+_IDENTITIES_OF_DEVICE = _IDENTITIES.where(_certificate.c.device_id == bindparam("device_id")).order_by(NEWEST_FIRST)
+_IDENTITY_BY_SERIAL = _IDENTITIES.where(_certificate.c.serial_number == bindparam("serial"))
 
 
 def revoke_certificates(session: Session, device_id: str, reason: str, *, keep: str | None = None) -> list[str]:

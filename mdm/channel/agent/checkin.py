@@ -80,8 +80,7 @@ def serve_checkin(database: Database, signed: SignedRequest, settings: Settings)
     """The device's check-in: its report stored, and the commands due handed over."""
     now = utcnow()
     with database.querying() as connection:
-        candidates = channel.identity_candidates(connection, signed.device_id)
-        seen = channel.standing(connection, signed.device_id)
+        candidates, seen = channel.read_device(connection, signed.device_id)
     proven = auth.signing_certificate(candidates, signed)
     if seen is not None:  # None: deleted since; the full path says so
         channel.refuse_unless_admissible(proven, seen.state, now)

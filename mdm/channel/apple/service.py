@@ -56,15 +56,24 @@ def authenticate(session: Session, signer: Signer, udid: str, now: datetime) -> 
 def identify(session: Queryable, signer: Signer, udid: str) -> tuple[Identity, list[Identity]]:
     """The identity that signed, with its device's other candidates; 401 unless it is that UDID's own."""
     certificate = devices.certificate_by_serial(session, signer.serial_hex)
+    candidates = channel.identity_candidates(session, certificate.device_id) if certificate is not None else []
+    proven = _proven(signer, certificate, candidates)
+    _require_udid(session, proven.device_id, udid)
+    return proven, candidates
+
+
+def _proven(signer: Signer, certificate: Identity | None, candidates: list[Identity]) -> Identity:
     if certificate is None or certificate.fingerprint_sha256 != signer.fingerprint_sha256:
         raise unauthenticated("This certificate is no device's identity: the device must Authenticate first.")
-    candidates = channel.identity_candidates(session, certificate.device_id)
     proven = next((c for c in candidates if c.serial_number == certificate.serial_number), None)
     if proven is None:
         raise unauthenticated("This identity was replaced by a newer one; sign with the newest.")
-    if session.execute(_UDID, {"device_id": certificate.device_id}).scalar() != udid:
+    return proven
+
+
+def _require_udid(session: Queryable, device_id: str, udid: str) -> None:
+    if session.execute(_UDID, {"device_id": device_id}).scalar() != udid:
         raise unauthenticated("This certificate belongs to another device.")
-    return proven, candidates
 
 
 _UDID = select(col(AppleDevice.udid)).where(col(AppleDevice.device_id) == bindparam("device_id"))
@@ -148,8 +157,9 @@ def on_idle(database: Database, signer: Signer, report: Report, now: datetime, r
     commands wait, or anything moved since the read, the full path runs in the same transaction.
     """
     with database.querying() as connection:
-        proven, candidates = identify(connection, signer, report.udid)
-        seen = channel.standing(connection, proven.device_id)
+        certificate, candidates, seen = channel.read_device_of_certificate(connection, signer.serial_hex)
+        proven = _proven(signer, certificate, candidates)
+        _require_udid(connection, proven.device_id, report.udid)
     if seen is not None:
         channel.refuse_unless_admissible(proven, seen.state, now)
     quiet = seen is not None and seen.is_quiet(proven, candidates)
