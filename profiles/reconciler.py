@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, case, delete, insert, or_, update
+from sqlalchemy import Select, bindparam, case, delete, insert, or_, update
 from sqlmodel import Session, col, select
 
 from mdm.access_policy.models import AccessRule
@@ -93,42 +93,48 @@ def reconcile(session: Session, selector: DeviceSelector, catalogue: Catalogue |
 
 def load_catalogue(session: Session) -> Catalogue:
     scopes: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    for owner_id, kind, value in session.exec(select(ScopeRule.owner_id, ScopeRule.kind, ScopeRule.value)):
+    for owner_id, kind, value in _rows(session, _SCOPES, {}):
         scopes[owner_id][kind].add(value)
-    every_profile = list(session.exec(select(Profile)))
-    live = [p for p in every_profile if p.deleted_at is None]
+    # Columns, not entities: a profile's payloads (JSON) are not needed to decide who gets it.
+    every_profile = _rows(session, _PROFILES, {}).all()
     profiles = [
         ProfileSpec(
-            p.id,
-            p.identifier,
-            p.version,
-            p.is_network,
-            frozenset(scopes[p.id]["category"]),
-            frozenset(scopes[p.id]["group"]),
-            frozenset(scopes[p.id]["network"]),
+            profile_id,
+            identifier,
+            version,
+            is_network,
+            frozenset(scopes[profile_id]["category"]),
+            frozenset(scopes[profile_id]["group"]),
+            frozenset(scopes[profile_id]["network"]),
         )
-        for p in live
+        for profile_id, identifier, version, is_network, deleted_at in every_profile
+        if deleted_at is None
     ]
-    app_rows = list(session.exec(select(App)))
+    app_rows = _rows(session, _APPS, {}).all()
     apps = [
         AppSpec(
-            a.id,
-            a.identifier,
-            a.platform,
-            a.licence == "school",
-            a.min_version,
-            frozenset(scopes[a.id]["category"]),
-            frozenset(scopes[a.id]["group"]),
+            app_id,
+            identifier,
+            platform,
+            licence == "school",
+            min_version,
+            frozenset(scopes[app_id]["category"]),
+            frozenset(scopes[app_id]["group"]),
         )
-        for a in app_rows
+        for app_id, identifier, platform, licence, min_version, _deleted_at in app_rows
     ]
     live_apps = [spec for spec, row in zip(apps, app_rows, strict=True) if row.deleted_at is None]
     return Catalogue(
         profiles=profiles,
-        school_profile_identifiers={p.identifier for p in every_profile},
+        school_profile_identifiers={row.identifier for row in every_profile},
         apps=live_apps,
         apps_by_id={a.id: a for a in apps},
     )
+
+
+_SCOPES = select(ScopeRule.owner_id, ScopeRule.kind, ScopeRule.value)
+_PROFILES = select(Profile.id, Profile.identifier, Profile.version, Profile.is_network, Profile.deleted_at)
+_APPS = select(App.id, App.identifier, App.platform, App.licence, App.min_version, App.deleted_at)
 
 
 def selected_devices(selector: DeviceSelector) -> Select[Any]:
@@ -147,8 +153,15 @@ def selected_devices(selector: DeviceSelector) -> Select[Any]:
 
 def _device_batches(session: Session, selector: DeviceSelector) -> Iterator[list[str]]:
     # The ids are read up front: the batches below write to tables this query does not read.
-    device_ids = list(session.exec(selected_devices(selector)))
+    if _only_devices(selector):  # a check-in or an enrolment: the common case, with a ready statement
+        device_ids = list(_rows(session, _MANAGED_AMONG, {"ids": sorted(selector.device_ids)}).scalars())
+    else:
+        device_ids = list(session.exec(selected_devices(selector)))
     yield from chunks(device_ids, BATCH_SIZE)
+
+
+def _only_devices(selector: DeviceSelector) -> bool:
+    return not (selector.everyone or selector.categories or selector.person_ids)
 
 
 def network_access_expression() -> Any:
@@ -162,21 +175,11 @@ def network_access_expression() -> Any:
 
 def batch_facts(session: Session, batch: list[str]) -> dict[str, DeviceFacts]:
     groups: dict[str, set[str]] = defaultdict(set)
-    statement = (
-        select(Device.id, PersonGroup.group_name)
-        .join(PersonGroup, PersonGroup.person_id == Device.person_id)  # type: ignore[arg-type]
-        .where(col(Device.id).in_(batch))
-    )
-    for device_id, group in session.exec(statement):
+    for device_id, group in _rows(session, _GROUPS, {"ids": batch}):
         groups[device_id].add(group)
-    rows = session.exec(
-        select(Device.id, Device.state, Device.category, Device.platform, network_access_expression())
-        .join(AccessRule, AccessRule.category == Device.category)  # type: ignore[arg-type]
-        .where(col(Device.id).in_(batch))
-    )
     return {
         device_id: DeviceFacts(device_id, state, category, platform, access, frozenset(groups[device_id]))
-        for device_id, state, category, platform, access in rows
+        for device_id, state, category, platform, access in _rows(session, _FACTS, {"ids": batch})
     }
 
 
@@ -200,34 +203,57 @@ def device_facts(session: Session, device_id: str) -> DeviceFacts | None:
 
 def batch_reported(session: Session, batch: list[str]) -> dict[str, Reported]:
     reported: dict[str, Reported] = {device_id: Reported() for device_id in batch}
-    in_batch = col(DeviceProfile.device_id).in_(batch)
-    for device_id, identifier, version in session.exec(
-        select(DeviceProfile.device_id, DeviceProfile.identifier, DeviceProfile.version).where(in_batch)
-    ):
+    parameters = {"ids": batch}
+    for device_id, identifier, version in _rows(session, _REPORTED_PROFILES, parameters):
         reported[device_id].profiles[identifier] = version
-    # The biggest read (60 apps a device): plain rows through Core, no ORM bookkeeping per row.
-    app_rows = session.connection().execute(
-        select(DeviceApp.device_id, DeviceApp.identifier, DeviceApp.version, DeviceApp.managed).where(
-            col(DeviceApp.device_id).in_(batch)
-        )
-    )
-    for device_id, identifier, version, managed in app_rows.all():
+    for device_id, identifier, version, managed in _rows(session, _REPORTED_APPS, parameters):
         reported[device_id].apps[identifier] = ReportedApp(version, bool(managed))
-    for device_id, app_id, status in session.exec(
-        select(SchoolInstall.device_id, SchoolInstall.app_id, SchoolInstall.status).where(
-            col(SchoolInstall.device_id).in_(batch)
-        )
-    ):
+    for device_id, app_id, status in _rows(session, _SCHOOL_INSTALLS, parameters):
         reported[device_id].school_installs[app_id] = status
-    for device_id, command_id, target, intent in session.exec(
-        select(Command.device_id, Command.id, Command.target, Command.intent)
-        .where(
-            col(Command.device_id).in_(batch), col(Command.status).in_(OPEN_STATUSES), col(Command.target).like("%:%")
-        )
-        .order_by(Command.id)
-    ):
-        reported[device_id].open_commands[target] = (command_id, intent or "")  # type: ignore[index]
+    for device_id, command_id, target, intent in _rows(session, _OPEN_TARGETED_COMMANDS, parameters):
+        reported[device_id].open_commands[target] = (command_id, intent or "")
     return reported
+
+
+def _rows(session: Session, statement: Any, parameters: dict[str, Any]) -> Any:
+    """A ready statement's plain rows through the session's connection: no ORM bookkeeping per row.
+
+    Reconciling one device after a check-in or an enrolment runs ten of these, and building and running
+    each through the ORM cost more than the query; the session is flushed first, as an ORM query would
+    autoflush, so the rows include what the caller has just changed.
+    """
+    session.flush()
+    return session.connection().execute(statement, parameters)
+
+
+# Built once: the device ids are an expanding parameter, so each runs for a batch of any size.
+_IDS = bindparam("ids", expanding=True)
+_MANAGED_AMONG = select(Device.id).where(col(Device.id).in_(_IDS), col(Device.state).in_(MANAGED_STATES))
+_GROUPS = (
+    select(Device.id, PersonGroup.group_name)
+    .join(PersonGroup, PersonGroup.person_id == Device.person_id)  # type: ignore[arg-type]
+    .where(col(Device.id).in_(_IDS))
+)
+_FACTS = (
+    select(Device.id, Device.state, Device.category, Device.platform, network_access_expression())
+    .join(AccessRule, AccessRule.category == Device.category)  # type: ignore[arg-type]
+    .where(col(Device.id).in_(_IDS))
+)
+_REPORTED_PROFILES = select(DeviceProfile.device_id, DeviceProfile.identifier, DeviceProfile.version).where(
+    col(DeviceProfile.device_id).in_(_IDS)
+)
+# The biggest read (60 apps a device).
+_REPORTED_APPS = select(DeviceApp.device_id, DeviceApp.identifier, DeviceApp.version, DeviceApp.managed).where(
+    col(DeviceApp.device_id).in_(_IDS)
+)
+_SCHOOL_INSTALLS = select(SchoolInstall.device_id, SchoolInstall.app_id, SchoolInstall.status).where(
+    col(SchoolInstall.device_id).in_(_IDS)
+)
+_OPEN_TARGETED_COMMANDS = (
+    select(Command.device_id, Command.id, Command.target, Command.intent)
+    .where(col(Command.device_id).in_(_IDS), col(Command.status).in_(OPEN_STATUSES), col(Command.target).like("%:%"))
+    .order_by(Command.id)
+)
 
 
 # --- Writing ---------------------------------------------------------------------------------------
