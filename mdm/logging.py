@@ -75,6 +75,8 @@ def configure_logging(level: str = "INFO", as_json: bool = False) -> None:
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic announces its context on every schema check; our own lines say what matters.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # APScheduler narrates every job it adds and runs; the scheduler (mdm/scheduler.py) logs what matters.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
