@@ -249,6 +249,7 @@ class _Facts:
 
     steps: dict[str, list[ExitStep]]  # by case id, each device's in checklist order
     exit_devices: dict[str, list[ExitDevice]]  # by case id
+    devices_by_id: dict[str, Device]
     sent: dict[str, list[Command]]  # by device id, uncancelled, oldest first
     certificates: dict[str, DeviceCertificate]  # each device's latest
     school_apps: dict[str, list[tuple[str, bool]]]
@@ -268,6 +269,7 @@ class _Facts:
         return cls(
             steps=steps,
             exit_devices=exit_devices,
+            devices_by_id=devices.devices_by_id(session, device_ids),
             sent=_commands_of(session, device_ids, since),
             certificates=devices.latest_certificates(session, device_ids),
             school_apps=profiles.school_apps_on_devices(session, device_ids),
@@ -336,8 +338,7 @@ def _advance_personal(
 def _advance_school(
     session: Session, case: ExitCase, exit_device: ExitDevice, steps: dict[str, ExitStep], facts: _Facts
 ) -> None:
-    device = session.get(Device, exit_device.device_id)
-    assert device is not None
+    device = facts.devices_by_id[exit_device.device_id]
     sent = facts.sent_since(device.id, case.started_at)
     collect = steps["collect_device"]
     if collect.status not in FINISHED_STEPS:

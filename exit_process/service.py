@@ -4,6 +4,7 @@ The step engine that moves a case on lives in exit_process/flows.py; the MIS's C
 exit_process/leavers.py. This module touches only the exit's own tables, so both can share it.
 """
 
+from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -126,8 +127,7 @@ def devices_of_cases(session: Session, case_ids: Collection[str]) -> list[ExitDe
 
 
 def case_devices(session: Session, case_id: str) -> list[ExitDevice]:
-    statement = select(ExitDevice).where(ExitDevice.case_id == case_id).order_by(col(ExitDevice.device_id))
-    return list(session.exec(statement))
+    return devices_of_cases(session, [case_id])
 
 
 def uncollected_steps(session: Session, left_on_or_before: date) -> list[ExitStep]:
@@ -188,6 +188,9 @@ def is_overdue(case: ExitCase) -> bool:
 
 def case_public(session: Session, case: ExitCase) -> ExitCasePublic:
     listed = []
+    steps_by_device: dict[str, list[ExitStep]] = defaultdict(list)
+    for step in steps_of_cases(session, [case.id]):  # one query for the case, not one per device
+        steps_by_device[step.device_id].append(step)
     for exit_device in case_devices(session, case.id):
         steps = [
             StepPublic(
@@ -199,7 +202,7 @@ def case_public(session: Session, case: ExitCase) -> ExitCasePublic:
                 command_ids=s.command_ids,
                 completed_at=s.completed_at,
             )
-            for s in steps_of(session, case.id, exit_device.device_id).values()
+            for s in steps_by_device[exit_device.device_id]
         ]
         listed.append(
             ExitDevicePublic(

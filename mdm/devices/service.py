@@ -339,6 +339,11 @@ def add_certificate(
     return certificate
 
 
+def devices_by_id(session: Session, device_ids: Collection[str]) -> dict[str, Device]:
+    """Many devices in one query, by id; an unknown id is absent."""
+    return {device.id: device for device in session.exec(select(Device).where(col(Device.id).in_(device_ids)))}
+
+
 def latest_certificates(session: Session, device_ids: Collection[str]) -> dict[str, DeviceCertificate]:
     """Each device's most recently issued certificate, in one query (a device holds a handful); never enrolled = absent."""
     statement = (
