@@ -228,7 +228,9 @@ def _rows(session: Session, statement: Any, parameters: dict[str, Any]) -> Any:
 
 # Built once: the device ids are an expanding parameter, so each runs for a batch of any size.
 _IDS = bindparam("ids", expanding=True)
-_MANAGED_AMONG = select(Device.id).where(col(Device.id).in_(_IDS), col(Device.state).in_(MANAGED_STATES))
+_MANAGED_AMONG = (
+    select(Device.id).where(col(Device.id).in_(_IDS), col(Device.state).in_(MANAGED_STATES)).order_by(Device.id)
+)
 _GROUPS = (
     select(Device.id, PersonGroup.group_name)
     .join(PersonGroup, PersonGroup.person_id == Device.person_id)  # type: ignore[arg-type]

@@ -27,15 +27,20 @@ def converged(client, auth) -> Device:
 
 
 def between_read_and_write(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
-    """Runs `change` (in its own committed transaction) right after a connect's read, agent or Apple."""
+    """Runs `change` (in its own committed transaction) once, right after a connect's first read, agent or Apple.
+
+    Only the first: Apple's full path reads the same way again inside its write transaction.
+    """
+    pending = [change]
     for name in ("read_device", "read_device_of_certificate"):
-        monkeypatch.setattr(channel, name, _then(getattr(channel, name), change))
+        monkeypatch.setattr(channel, name, _then(getattr(channel, name), pending))
 
 
-def _then(read: Callable[..., Any], change: Callable[[], None]) -> Callable[..., Any]:
+def _then(read: Callable[..., Any], pending: list[Callable[[], None]]) -> Callable[..., Any]:
     def read_then_change(*args: Any) -> Any:
         seen = read(*args)
-        change()
+        while pending:
+            pending.pop()()
         return seen
 
     return read_then_change

@@ -86,15 +86,17 @@ def serve_checkin(database: Database, signed: SignedRequest, settings: Settings)
         channel.refuse_unless_admissible(proven, seen.state, now)
     report, report_hash = _REPORTS.read(signed.body)
     quiet = seen is not None and report_hash == seen.inventory_hash and seen.is_quiet(proven, candidates)
-    if not quiet:
-        report = report or _REPORTS.parse(signed.body)  # a 422 is answered before the write lock
+    if report is None and not quiet:
+        report = _REPORTS.parse(signed.body)  # a body seen before, but a change to store: parsed before the lock
     with database.writing() as session:
         # The device's row first, then the nonce (whose foreign key also touches that row): every
         # check-in of one device takes its locks in the same order, so two never wait on each other.
         if quiet and channel.pass_quietly(session, signed.device_id, proven, seen, now, report_hash=report_hash):
             auth.use_nonce(session, signed, now)
             return CheckinResponse(commands=[], next_checkin_seconds=settings.checkin_interval_seconds)
-        return _full_checkin(session, signed, proven, report or _REPORTS.parse(signed.body), now, settings)
+        # Something moved since the read: the full path, with the body parsed only now if it was known.
+        report = report if report is not None else _REPORTS.parse(signed.body)
+        return _full_checkin(session, signed, proven, report, now, settings)
 
 
 def _full_checkin(

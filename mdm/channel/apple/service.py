@@ -49,31 +49,21 @@ def query_target(query: str) -> str:
 
 def authenticate(session: Session, signer: Signer, udid: str, now: datetime) -> Device:
     """The device, locked for the transaction, once its certificate, its UDID and the core agree."""
-    proven, candidates = identify(session, signer, udid)
+    proven, candidates, _standing = identify(session, signer, udid)
     return channel.admit(session, proven.device_id, proven, candidates, now)
 
 
-def identify(session: Queryable, signer: Signer, udid: str) -> tuple[Identity, list[Identity]]:
-    """The identity that signed, with its device's other candidates; 401 unless it is that UDID's own."""
-    certificate = devices.certificate_by_serial(session, signer.serial_hex)
-    candidates = channel.identity_candidates(session, certificate.device_id) if certificate is not None else []
-    proven = _proven(signer, certificate, candidates)
-    _require_udid(session, proven.device_id, udid)
-    return proven, candidates
-
-
-def _proven(signer: Signer, certificate: Identity | None, candidates: list[Identity]) -> Identity:
+def identify(session: Queryable, signer: Signer, udid: str) -> tuple[Identity, list[Identity], channel.Standing | None]:
+    """The identity that signed, its device's other candidates and standing; 401 unless it is that UDID's own."""
+    certificate, candidates, seen = channel.read_device_of_certificate(session, signer.serial_hex)
     if certificate is None or certificate.fingerprint_sha256 != signer.fingerprint_sha256:
         raise unauthenticated("This certificate is no device's identity: the device must Authenticate first.")
     proven = next((c for c in candidates if c.serial_number == certificate.serial_number), None)
     if proven is None:
         raise unauthenticated("This identity was replaced by a newer one; sign with the newest.")
-    return proven
-
-
-def _require_udid(session: Queryable, device_id: str, udid: str) -> None:
-    if session.execute(_UDID, {"device_id": device_id}).scalar() != udid:
+    if session.execute(_UDID, {"device_id": proven.device_id}).scalar() != udid:
         raise unauthenticated("This certificate belongs to another device.")
+    return proven, candidates, seen
 
 
 _UDID = select(col(AppleDevice.udid)).where(col(AppleDevice.device_id) == bindparam("device_id"))
@@ -157,9 +147,7 @@ def on_idle(database: Database, signer: Signer, report: Report, now: datetime, r
     commands wait, or anything moved since the read, the full path runs in the same transaction.
     """
     with database.querying() as connection:
-        certificate, candidates, seen = channel.read_device_of_certificate(connection, signer.serial_hex)
-        proven = _proven(signer, certificate, candidates)
-        _require_udid(connection, proven.device_id, report.udid)
+        proven, candidates, seen = identify(connection, signer, report.udid)
     if seen is not None:
         channel.refuse_unless_admissible(proven, seen.state, now)
     quiet = seen is not None and seen.is_quiet(proven, candidates)
