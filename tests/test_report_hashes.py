@@ -1,12 +1,18 @@
 """The check-in's memory of what a body's inventory hashes to: never a different answer, and bounded."""
 
+import hashlib
 import json
+from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import text
 
+from mdm.channel.agent import checkin
 from mdm.channel.agent.checkin import ReportHashes
 from mdm.errors import Invalid
 from mdm.inventory.service import whole_report_hash
+from tests.pki import new_key
+from tests.test_channel import INVENTORY, Device
 
 
 def body(version: str) -> bytes:
@@ -46,3 +52,21 @@ def test_memory_is_bounded_and_a_forgotten_body_still_answers() -> None:
     hashes = [reports.read(body(f"1.{n}"))[1] for n in range(10)]
     assert len(reports._hashes) <= 3
     assert reports.read(body("1.0"))[1] == hashes[0]
+
+
+def remembered(document: dict) -> bool:
+    return hashlib.sha256(json.dumps(document).encode()).digest() in checkin._REPORTS._hashes
+
+
+def test_only_a_device_that_proved_itself_and_may_talk_fills_the_memory(client, auth, database):
+    """A stranger's forged check-in, or a revoked device's, is refused before its body is remembered."""
+    device = Device(client, auth)
+    forged = {"inventory": {**INVENTORY, "os_version": "99.1"}}
+    assert device.post(f"/api/v1/devices/{device.id}/checkin", forged, key=new_key()).status_code == 401
+    assert not remembered(forged)
+
+    with database.write_engine.begin() as connection:
+        connection.execute(text("UPDATE device_certificate SET revoked_at = :now"), {"now": datetime.now(UTC)})
+    revoked = {"inventory": {**INVENTORY, "os_version": "99.2"}}
+    assert device.post(f"/api/v1/devices/{device.id}/checkin", revoked).status_code == 403
+    assert not remembered(revoked)
