@@ -5,6 +5,7 @@ query leaves the machine and nothing but loopback is ever connected to. Receiver
 servers on loopback (tests/test_webhooks.py).
 """
 
+import json
 import socket
 import ssl
 import threading
@@ -286,8 +287,12 @@ def test_the_log_of_a_failed_connect_has_no_socket_error(client, auth, database,
     assert delivery["last_status_code"] is None
     assert delivery["last_error"] == "connection failed"
     response = client.get(f"/api/v1/webhooks/{dead['id']}/deliveries", headers=auth(Role.auditor))
+    # Everything the log says but its ids and times, whose digits may hold "111" by chance.
+    said = json.dumps(
+        [{k: v for k, v in item.items() if not k.endswith(("id", "_at"))} for item in response.json()["items"]]
+    )
     for leak in ("Errno", "errno", "ConnectError", "Connection refused", "111"):
-        assert leak not in response.text
+        assert leak not in said
 
 
 def test_the_log_of_a_redirect_does_not_show_where_it_pointed(client, auth, database, sealer, receiver, allow):
