@@ -16,11 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
+from mdm import ids
 from mdm.actor import Role
 from mdm.dependencies import WriteSession
 from mdm.scheduler import run_slot
@@ -492,3 +494,13 @@ def test_the_job_runs_every_minute_and_delivers(client, auth, database, receiver
     assert (status, detail) == ("completed", "delivered 1, retrying 0, gave up on 0")
     [received] = receiver.requests
     assert received.signed_with(SECRET)
+
+
+def test_events_of_one_millisecond_are_listed_in_the_order_they_happened(client, auth, database, monkeypatch):
+    webhook = _create(client, auth, "https://hooks.example.org/x", ["device.enrolled"])
+    frozen_clock = SimpleNamespace(time_ns=lambda: 1_780_000_000_000_000_000)
+    monkeypatch.setattr(ids, "time", frozen_clock)  # every id below is minted in the same millisecond
+    event_ids = [_emit(database, "device.enrolled", {"device_id": f"d-{i}"}) for i in range(20)]
+    monkeypatch.undo()
+    listed = _deliveries(client, auth, webhook["id"], limit=50)
+    assert [d["event_id"] for d in listed] == event_ids[::-1]
