@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, bindparam, case, delete, insert, or_, update
+from sqlalchemy import Select, case, delete, insert, or_, update
 from sqlmodel import Session, col, select
 
 from mdm.access_policy.models import AccessRule
 from mdm.commands import intents
 from mdm.commands.models import OPEN_STATUSES, Command, CommandStatus
 from mdm.csv_import import chunks
-from mdm.database import refresh_statistics
+from mdm.database import among, refresh_statistics
 from mdm.desired_state import DeviceSelector
 from mdm.devices.models import MANAGED_STATES, Device
 from mdm.ids import new_id, utcnow
@@ -226,34 +226,31 @@ def _rows(session: Session, statement: Any, parameters: dict[str, Any]) -> Any:
     return session.connection().execute(statement, parameters)
 
 
-# Built once: the device ids are an expanding parameter, so each runs for a batch of any size.
-_IDS = bindparam("ids", expanding=True)
-_MANAGED_AMONG = (
-    select(Device.id).where(col(Device.id).in_(_IDS), col(Device.state).in_(MANAGED_STATES)).order_by(Device.id)
-)
+# Built once: the device ids are one list parameter, so each runs for a batch of any size.
+_MANAGED_AMONG = select(Device.id).where(among(Device.id), col(Device.state).in_(MANAGED_STATES)).order_by(Device.id)
 _GROUPS = (
     select(Device.id, PersonGroup.group_name)
     .join(PersonGroup, PersonGroup.person_id == Device.person_id)  # type: ignore[arg-type]
-    .where(col(Device.id).in_(_IDS))
+    .where(among(Device.id))
 )
 _FACTS = (
     select(Device.id, Device.state, Device.category, Device.platform, network_access_expression())
     .join(AccessRule, AccessRule.category == Device.category)  # type: ignore[arg-type]
-    .where(col(Device.id).in_(_IDS))
+    .where(among(Device.id))
 )
 _REPORTED_PROFILES = select(DeviceProfile.device_id, DeviceProfile.identifier, DeviceProfile.version).where(
-    col(DeviceProfile.device_id).in_(_IDS)
+    among(DeviceProfile.device_id)
 )
 # The biggest read (60 apps a device).
 _REPORTED_APPS = select(DeviceApp.device_id, DeviceApp.identifier, DeviceApp.version, DeviceApp.managed).where(
-    col(DeviceApp.device_id).in_(_IDS)
+    among(DeviceApp.device_id)
 )
 _SCHOOL_INSTALLS = select(SchoolInstall.device_id, SchoolInstall.app_id, SchoolInstall.status).where(
-    col(SchoolInstall.device_id).in_(_IDS)
+    among(SchoolInstall.device_id)
 )
 _OPEN_TARGETED_COMMANDS = (
     select(Command.device_id, Command.id, Command.target, Command.intent)
-    .where(col(Command.device_id).in_(_IDS), col(Command.status).in_(OPEN_STATUSES), col(Command.target).like("%:%"))
+    .where(among(Command.device_id), col(Command.status).in_(OPEN_STATUSES), col(Command.target).like("%:%"))
     .order_by(Command.id)
 )
 

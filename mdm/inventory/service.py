@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, update
 from sqlmodel import Session, col, select
 
-from mdm.database import upsert
+from mdm.database import among, upsert
 from mdm.inventory.models import (
     DeviceApp,
     DeviceInventory,
@@ -222,18 +222,22 @@ def installed_identifiers(session: Session, device_ids: Collection[str]) -> dict
 
 def reported_inventories(session: Session, device_ids: list[str]) -> dict[str, ReportedInventory]:
     """Each device's merged inventory, typed, in two queries for the whole list; absent = never reported."""
-    in_list = col(DeviceProfile.device_id).in_(device_ids)
+    session.flush()  # plain rows through the connection: include what this session has just written
+    connection, parameters = session.connection(), {"ids": device_ids}
     profiles: dict[str, dict[str, int | None]] = defaultdict(dict)
-    for device_id, identifier, version in session.exec(
-        select(DeviceProfile.device_id, DeviceProfile.identifier, DeviceProfile.version).where(in_list)
-    ):
+    for device_id, identifier, version in connection.execute(_PROFILES_OF_DEVICES, parameters):
         profiles[device_id][identifier] = version
-    snapshots = session.exec(
-        select(DeviceInventory.device_id, DeviceInventory.snapshot).where(
-            col(DeviceInventory.device_id).in_(device_ids)
-        )
-    )
+    snapshots = connection.execute(_SNAPSHOTS_OF_DEVICES, parameters)
     return {device_id: _typed(snapshot, profiles.get(device_id, {})) for device_id, snapshot in snapshots}
+
+
+# Built once, for a batch of any size: the nightly run reads 100 batches of 1,000.
+_PROFILES_OF_DEVICES = select(DeviceProfile.device_id, DeviceProfile.identifier, DeviceProfile.version).where(
+    among(DeviceProfile.device_id)
+)
+_SNAPSHOTS_OF_DEVICES = select(DeviceInventory.device_id, DeviceInventory.snapshot).where(
+    among(DeviceInventory.device_id)
+)
 
 
 def _typed(snapshot: dict[str, Any], profiles: dict[str, int | None]) -> ReportedInventory:
