@@ -214,3 +214,43 @@ def test_reported_inventories_are_typed_and_absent_before_the_first_report(datab
     maths = inventory.apps["com.example.maths"]
     assert (maths["version"], maths["managed"]) == ("2.1", True)
     assert (inventory.jailbroken, inventory.encrypted) == (False, True)
+
+
+def test_a_changed_app_list_rewrites_only_the_apps_that_changed(database):
+    device_id = enrolled_device(database)
+    school = [{"identifier": f"com.school.app{n:02d}", "version": "2.1", "managed": True} for n in range(60)]
+    assert report(database, device_id, {**WHOLE, "apps": school})
+    drifted = [
+        {**school[0], "version": "2.2"},  # updated
+        {**school[1], "managed": False},  # the family took it over
+        *school[3:],  # school[2] removed
+        {"identifier": "com.family.game", "version": "1.0", "managed": False},  # added
+    ]
+    with rows_written(database) as written:
+        assert report(database, device_id, {**WHOLE, "apps": drifted})
+    assert apps(database, device_id) == {app["identifier"]: (app["version"], app["managed"]) for app in drifted}
+    assert snapshot(database, device_id)["apps"] == drifted
+    # The three apps that went or changed are deleted, the three new entries inserted; the 57 others
+    # and the unchanged profiles are not rewritten.
+    assert written["device_app"] == {"DELETE": 3, "INSERT": 3}
+    assert "device_profile" not in written
+
+
+@contextmanager
+def rows_written(database: Database) -> Iterator[dict[str, dict[str, int]]]:
+    """Rows each INSERT and DELETE touched meanwhile, by table."""
+    written: dict[str, dict[str, int]] = {}
+
+    def record(_conn, cursor, statement, parameters, _context, executemany) -> None:  # type: ignore[no-untyped-def]
+        verb = statement.split(None, 1)[0].upper()
+        if verb in {"INSERT", "DELETE"}:
+            table = statement.split()[2].strip('"')
+            rows = len(parameters) if verb == "INSERT" and executemany else cursor.rowcount
+            counts = written.setdefault(table, {})
+            counts[verb] = counts.get(verb, 0) + rows
+
+    event.listen(database.write_engine, "after_cursor_execute", record)
+    try:
+        yield written
+    finally:
+        event.remove(database.write_engine, "after_cursor_execute", record)
