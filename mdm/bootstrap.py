@@ -77,6 +77,7 @@ def domain_hooks(
     content, and the enrolment of Apple devices. The keys are passed lazily: read when first used."""
     return Hooks(
         reconcile=reconciler.reconcile,
+        reconcile_report=reconciler.reconcile_report,
         result_listeners=(
             enrollment_service.on_command_result,
             profiles_service.on_command_result,

@@ -12,7 +12,11 @@ from sqlmodel import Session
 
 from mdm.hooks import DeviceSelector, hooks_of
 
-__all__ = ["DeviceSelector", "devices_changed"]  # the reconciler and the benchmarks name the selector from here
+__all__ = [
+    "DeviceSelector",
+    "devices_changed",
+    "report_changed",
+]  # the reconciler and the benchmarks name the selector from here
 
 
 def devices_changed(
@@ -27,3 +31,9 @@ def devices_changed(
     selector = DeviceSelector(frozenset(device_ids), frozenset(categories), frozenset(person_ids), everyone)
     if not selector.is_empty():
         reconcile(session, selector)
+
+
+def report_changed(session: Session, device_id: str, *, apps: Iterable[str] = (), profiles: bool = False) -> None:
+    """A device's stored report changed: `apps`, the identifiers of the app rows that did; `profiles`,
+    whether a profile row did. The reconciler decides whether that can move what the device is sent."""
+    hooks_of(session).reconcile_report(session, device_id, frozenset(apps), profiles)

@@ -31,6 +31,8 @@ class DeviceSelector:
 
 
 Reconcile = Callable[[Session, DeviceSelector], object]
+# (device id, identifiers of its app rows that appeared, went or changed, whether a profile row did)
+ReconcileReport = Callable[[Session, str, frozenset[str], bool], object]
 # The answered mdm.commands.models.Command; not named here, since the command queue imports this module.
 ResultListener = Callable[[Session, Any], None]
 
@@ -102,6 +104,8 @@ class AppleEnrolment(Protocol):
 class Hooks:
     reconcile: Reconcile
     """Brings the selected devices' commands in line with their desired state (profiles' reconciler)."""
+    reconcile_report: ReconcileReport
+    """Reconciles a device whose stored report changed, unless nothing its plan reads did."""
     result_listeners: tuple[ResultListener, ...]
     """Called in order, in the same transaction, with each command a device answered."""
     profiles: ProfileRenderer

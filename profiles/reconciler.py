@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, case, delete, insert, or_, update
+from sqlalchemy import Select, bindparam, case, delete, insert, or_, update
 from sqlmodel import Session, col, select
 
 from mdm.access_policy.models import AccessRule
@@ -88,6 +88,27 @@ def reconcile(session: Session, selector: DeviceSelector, catalogue: Catalogue |
     return summary
 
 
+def reconcile_report(session: Session, device_id: str, apps: frozenset[str], profiles: bool) -> RunSummary | None:
+    """After a device's stored report changed: reconciles it, unless the change is to nothing a plan reads.
+
+    A plan reads the device's reported profiles, and its reported apps only by the identifiers of
+    catalogue apps (profiles/planning.py; a deleted app's too, for what the school installed). A new
+    OS version, a passcode, or the family's own apps updating overnight move no plan, and on personal
+    devices they are most of what changes: such a check-in is then as cheap as an unchanged one.
+    """
+    if not profiles and not _any_catalogued(session, apps):
+        return None
+    return reconcile(session, DeviceSelector(device_ids=frozenset({device_id})))
+
+
+def _any_catalogued(session: Session, identifiers: frozenset[str]) -> bool:
+    # In chunks: a report may list 5,000 apps, more than some SQLite builds take as parameters at once.
+    return any(
+        _rows(session, _CATALOGUED_AMONG, {"identifiers": chunk}).first() is not None
+        for chunk in chunks(sorted(identifiers))
+    )
+
+
 # --- Loading ---------------------------------------------------------------------------------------
 
 
@@ -133,6 +154,8 @@ def load_catalogue(session: Session) -> Catalogue:
 
 
 _SCOPES = select(ScopeRule.owner_id, ScopeRule.kind, ScopeRule.value)
+# Deleted apps included: the reconciler still removes what the school installed of them.
+_CATALOGUED_AMONG = select(App.id).where(col(App.identifier).in_(bindparam("identifiers", expanding=True))).limit(1)
 _PROFILES = select(Profile.id, Profile.identifier, Profile.version, Profile.is_network, Profile.deleted_at)
 _APPS = select(App.id, App.identifier, App.platform, App.licence, App.min_version, App.deleted_at)
 

@@ -192,8 +192,9 @@ def report_inventory(
 
     `partial`: the report carries only some facts (Apple answers one query at a time); the rest stay.
     """
-    if store_inventory(session, device.id, inventory, now, partial=partial):
-        desired_state.devices_changed(session, device_ids=[device.id])
+    change = store_inventory(session, device.id, inventory, now, partial=partial)
+    if change:
+        desired_state.report_changed(session, device.id, apps=change.apps, profiles=change.profiles)
     devices.mark_checked_in(session, device, inventory.os_version, now)
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -47,10 +48,29 @@ def document_hash(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ordered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class InventoryChange:
+    """What storing a report changed; false when nothing did.
+
+    `apps`: the identifiers of the app rows that appeared, went or changed; `profiles`: whether any
+    profile row did. A report can change only its facts (an OS version, a passcode) and no row.
+    """
+
+    stored: bool
+    apps: frozenset[str] = frozenset()
+    profiles: bool = False
+
+    def __bool__(self) -> bool:
+        return self.stored
+
+
+UNCHANGED = InventoryChange(stored=False)
+
+
 def store_inventory(
     session: Session, device_id: str, inventory: Inventory, now: datetime, *, partial: bool = False
-) -> bool:
-    """Returns True when the inventory changed (the reconciler then has new reported state to compare).
+) -> InventoryChange:
+    """Stores the report unless it is what is stored already, and says what that changed.
 
     `partial`: only the fields the report carries (`inventory.model_fields_set`) replace what is stored.
     """
@@ -58,13 +78,11 @@ def store_inventory(
     document, carried = _merged(session, stored, inventory, partial)
     digest = document_hash(document)
     if stored.content_hash == digest:
-        return False
+        return UNCHANGED
     stored.replace(document, digest, now)
-    if "apps" in carried:
-        _replace_apps(session, device_id, document["apps"])
-    if "profiles" in carried:
-        _replace_profiles(session, device_id, document["profiles"])
-    return True
+    apps = _replace_apps(session, device_id, document["apps"]) if "apps" in carried else frozenset()
+    profiles = _replace_profiles(session, device_id, document["profiles"]) if "profiles" in carried else frozenset()
+    return InventoryChange(stored=True, apps=apps, profiles=bool(profiles))
 
 
 def whole_report_hash(inventory: Inventory) -> str | None:
@@ -152,18 +170,19 @@ def stored_apps(session: Session, device_id: str) -> dict[str, InstalledApp]:
     }
 
 
-def _replace_apps(session: Session, device_id: str, apps: list[dict[str, Any]]) -> None:
+def _replace_apps(session: Session, device_id: str, apps: list[dict[str, Any]]) -> frozenset[str]:
     by_identifier = {app["identifier"]: app for app in apps}  # a duplicate report keeps the last entry
-    _replace_rows(session, DeviceApp.__table__, device_id, list(by_identifier.values()))  # type: ignore[attr-defined]
+    return _replace_rows(session, DeviceApp.__table__, device_id, list(by_identifier.values()))  # type: ignore[attr-defined]
 
 
-def _replace_profiles(session: Session, device_id: str, profiles: list[ProfileEntry]) -> None:
+def _replace_profiles(session: Session, device_id: str, profiles: list[ProfileEntry]) -> frozenset[str]:
     by_identifier = {profile["identifier"]: profile for profile in profiles}
-    _replace_rows(session, DeviceProfile.__table__, device_id, list(by_identifier.values()))  # type: ignore[attr-defined]
+    return _replace_rows(session, DeviceProfile.__table__, device_id, list(by_identifier.values()))  # type: ignore[attr-defined]
 
 
-def _replace_rows(session: Session, table: Any, device_id: str, rows: list[Any]) -> None:
-    """The device's rows in `table` become `rows`, writing only the difference, through Core.
+def _replace_rows(session: Session, table: Any, device_id: str, rows: list[Any]) -> frozenset[str]:
+    """The device's rows in `table` become `rows`, writing only the difference, through Core; the
+    identifiers of the rows that appeared, went or changed.
 
     A changed check-in usually differs from the last in one app of sixty: deleting and inserting all
     sixty rewrote every row and its index entries for one that changed. The ORM is skipped too: its
@@ -183,6 +202,7 @@ def _replace_rows(session: Session, table: Any, device_id: str, rows: list[Any])
         connection.execute(
             insert(table), [{"device_id": device_id, **dict(zip(columns, v, strict=True))} for v in fresh]
         )
+    return frozenset(stale).union(values[0] for values in fresh)
 
 
 # Per table, the columns a reported row carries (identifier first), and the statements of the diff.
