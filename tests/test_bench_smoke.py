@@ -37,6 +37,7 @@ def test_the_checkin_benchmark_measures_agents_and_idle_ipads_without_errors(cap
     assert {
         "unchanged check-ins",
         "changed check-ins",
+        "changed check-ins, a family app drifted (no reconcile)",
         "enrolments",
         "Apple idle connects, share of /healthz",
         "server CPU per Apple idle connect",
