@@ -12,11 +12,8 @@ from sqlmodel import Session
 
 from mdm.hooks import DeviceSelector, hooks_of
 
-__all__ = [
-    "DeviceSelector",
-    "devices_changed",
-    "report_changed",
-]  # the reconciler and the benchmarks name the selector from here
+# The reconciler and the benchmarks name the selector from here.
+__all__ = ["DeviceSelector", "devices_changed", "report_changed"]
 
 
 def devices_changed(
