@@ -30,7 +30,7 @@ def devices_changed(
         reconcile(session, selector)
 
 
-def report_changed(session: Session, device_id: str, *, apps: Iterable[str] = (), profiles: bool = False) -> None:
-    """A device's stored report changed: `apps`, the identifiers of the app rows that did; `profiles`,
-    whether a profile row did. The reconciler decides whether that can move what the device is sent."""
-    hooks_of(session).reconcile_report(session, device_id, frozenset(apps), profiles)
+def report_changed(session: Session, device_id: str, *, apps: Iterable[str] = (), profiles: Iterable[str] = ()) -> None:
+    """A device's stored report changed: `apps` and `profiles`, the identifiers of the rows that did.
+    The reconciler decides whether that can move what the device is sent."""
+    hooks_of(session).reconcile_report(session, device_id, frozenset(apps), frozenset(profiles))

@@ -31,8 +31,8 @@ class DeviceSelector:
 
 
 Reconcile = Callable[[Session, DeviceSelector], object]
-# (device id, identifiers of its app rows that appeared, went or changed, whether a profile row did)
-ReconcileReport = Callable[[Session, str, frozenset[str], bool], object]
+# (device id, identifiers of its app rows, then of its profile rows, that appeared, went or changed)
+ReconcileReport = Callable[[Session, str, frozenset[str], frozenset[str]], object]
 # The answered mdm.commands.models.Command; not named here, since the command queue imports this module.
 ResultListener = Callable[[Session, Any], None]
 

@@ -88,24 +88,25 @@ def reconcile(session: Session, selector: DeviceSelector, catalogue: Catalogue |
     return summary
 
 
-def reconcile_report(session: Session, device_id: str, apps: frozenset[str], profiles: bool) -> RunSummary | None:
+def reconcile_report(
+    session: Session, device_id: str, apps: frozenset[str], profiles: frozenset[str]
+) -> RunSummary | None:
     """After a device's stored report changed: reconciles it, unless the change is to nothing a plan reads.
 
-    A plan reads the device's reported profiles, and its reported apps only by the identifiers of
-    catalogue apps (profiles/planning.py; a deleted app's too, for what the school installed). A new
-    OS version, a passcode, or the family's own apps updating overnight move no plan, and on personal
-    devices they are most of what changes: such a check-in is then as cheap as an unchanged one.
+    A plan reads a device's reported apps and profiles only by the identifiers of the school's own
+    (profiles/planning.py; deleted ones too, for what the school put there). A new OS version, a
+    passcode, the family's own apps updating overnight or a profile of its own move no plan, and on
+    personal devices they are most of what changes: such a check-in is then as cheap as an unchanged one.
     """
-    if not profiles and not _any_catalogued(session, apps):
+    if not (_any_named(session, _CATALOGUED_APPS, apps) or _any_named(session, _CATALOGUED_PROFILES, profiles)):
         return None
     return reconcile(session, DeviceSelector(device_ids=frozenset({device_id})))
 
 
-def _any_catalogued(session: Session, identifiers: frozenset[str]) -> bool:
+def _any_named(session: Session, statement: Any, identifiers: frozenset[str]) -> bool:
     # In chunks: a report may list 5,000 apps, more than some SQLite builds take as parameters at once.
     return any(
-        _rows(session, _CATALOGUED_AMONG, {"identifiers": chunk}).first() is not None
-        for chunk in chunks(sorted(identifiers))
+        _rows(session, statement, {"identifiers": chunk}).first() is not None for chunk in chunks(sorted(identifiers))
     )
 
 
@@ -154,8 +155,11 @@ def load_catalogue(session: Session) -> Catalogue:
 
 
 _SCOPES = select(ScopeRule.owner_id, ScopeRule.kind, ScopeRule.value)
-# Deleted apps included: the reconciler still removes what the school installed of them.
-_CATALOGUED_AMONG = select(App.id).where(col(App.identifier).in_(bindparam("identifiers", expanding=True))).limit(1)
+# Deleted ones included: the reconciler still removes what the school put on devices of them.
+_CATALOGUED_APPS = select(App.id).where(col(App.identifier).in_(bindparam("identifiers", expanding=True))).limit(1)
+_CATALOGUED_PROFILES = (
+    select(Profile.id).where(col(Profile.identifier).in_(bindparam("identifiers", expanding=True))).limit(1)
+)
 _PROFILES = select(Profile.id, Profile.identifier, Profile.version, Profile.is_network, Profile.deleted_at)
 _APPS = select(App.id, App.identifier, App.platform, App.licence, App.min_version, App.deleted_at)
 

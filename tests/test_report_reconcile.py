@@ -73,3 +73,22 @@ def test_a_school_profile_removed_is_pushed_again_in_the_same_checkin(client, au
     commands = device.checkin({**INVENTORY, "apps": [MATHS, GAME], "profiles": []}).json()["commands"]
     assert [(c["type"], c["payload"]["identifier"]) for c in commands] == [("InstallProfile", "uk.sch.example.wifi")]
     assert len(reconciles) == 1
+
+
+def test_a_profile_of_the_familys_own_reconciles_nothing(client, auth, reconciles):
+    device = school_device(client, auth)
+    reconciles.clear()
+    own_vpn = {"identifier": "com.family.vpn", "version": 1}
+    inventory = {**INVENTORY, "apps": [MATHS, GAME], "profiles": [*INVENTORY["profiles"], own_vpn]}
+    assert device.checkin(inventory).json()["commands"] == []
+    assert reconciles == []
+
+
+def test_a_school_app_removed_among_thousands_of_family_changes_is_still_reinstalled(client, auth, reconciles):
+    """A device cannot hide a removal behind a flood of other changes (5,000 apps: several chunks of look-ups)."""
+    device = school_device(client, auth)
+    reconciles.clear()
+    flood = [{"identifier": f"com.family.app{n:04d}", "version": "1.0", "managed": False} for n in range(4999)]
+    commands = device.checkin({**INVENTORY, "apps": [GAME, *flood]}).json()["commands"]
+    assert [(c["type"], c["payload"]["identifier"]) for c in commands] == [("InstallApplication", "com.example.maths")]
+    assert len(reconciles) == 1

@@ -52,13 +52,13 @@ def document_hash(document: dict[str, Any]) -> str:
 class InventoryChange:
     """What storing a report changed; false when nothing did.
 
-    `apps`: the identifiers of the app rows that appeared, went or changed; `profiles`: whether any
-    profile row did. A report can change only its facts (an OS version, a passcode) and no row.
+    `apps` and `profiles`: the identifiers of the rows that appeared, went or changed. A report can
+    change only its facts (an OS version, a passcode) and no row.
     """
 
     stored: bool
     apps: frozenset[str] = frozenset()
-    profiles: bool = False
+    profiles: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
         return self.stored
@@ -82,7 +82,7 @@ def store_inventory(
     stored.replace(document, digest, now)
     apps = _replace_apps(session, device_id, document["apps"]) if "apps" in carried else frozenset()
     profiles = _replace_profiles(session, device_id, document["profiles"]) if "profiles" in carried else frozenset()
-    return InventoryChange(stored=True, apps=apps, profiles=bool(profiles))
+    return InventoryChange(stored=True, apps=apps, profiles=profiles)
 
 
 def whole_report_hash(inventory: Inventory) -> str | None:
