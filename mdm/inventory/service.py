@@ -80,8 +80,8 @@ def store_inventory(
     if stored.content_hash == digest:
         return UNCHANGED
     stored.replace(document, digest, now)
-    apps = _replace_apps(session, device_id, document["apps"]) if "apps" in carried else frozenset()
-    profiles = _replace_profiles(session, device_id, document["profiles"]) if "profiles" in carried else frozenset()
+    apps = _APP_ROWS.replace(session, device_id, document["apps"]) if "apps" in carried else frozenset()
+    profiles = _PROFILE_ROWS.replace(session, device_id, document["profiles"]) if "profiles" in carried else frozenset()
     return InventoryChange(stored=True, apps=apps, profiles=profiles)
 
 
@@ -170,58 +170,46 @@ def stored_apps(session: Session, device_id: str) -> dict[str, InstalledApp]:
     }
 
 
-def _replace_apps(session: Session, device_id: str, apps: list[dict[str, Any]]) -> frozenset[str]:
-    by_identifier = {app["identifier"]: app for app in apps}  # a duplicate report keeps the last entry
-    return _replace_rows(session, DeviceApp.__table__, device_id, list(by_identifier.values()))  # type: ignore[attr-defined]
-
-
-def _replace_profiles(session: Session, device_id: str, profiles: list[ProfileEntry]) -> frozenset[str]:
-    by_identifier = {profile["identifier"]: profile for profile in profiles}
-    return _replace_rows(session, DeviceProfile.__table__, device_id, list(by_identifier.values()))  # type: ignore[attr-defined]
-
-
-def _replace_rows(session: Session, table: Any, device_id: str, rows: list[Any]) -> frozenset[str]:
-    """The device's rows in `table` become `rows`, writing only the difference, through Core; the
-    identifiers of the rows that appeared, went or changed.
+class _ReportedRows:
+    """A device's reported rows in one table (its apps, or its profiles), kept equal to its last report.
 
     A changed check-in usually differs from the last in one app of sixty: deleting and inserting all
-    sixty rewrote every row and its index entries for one that changed. The ORM is skipped too: its
-    bulk INSERT handled each row in Python at more cost than the statement itself.
+    sixty rewrote every row and its index entries for one that changed, so only the difference is
+    written. Through Core: the ORM's bulk INSERT handled each row in Python at more cost than the statement.
     """
-    session.flush()  # what the ORM holds goes first, as its own statements would have flushed it
-    connection = session.connection()
-    columns = _ROW_COLUMNS[table.name]
-    reading = connection.execute(_STORED_ROWS[table.name], {"device_id": device_id})
-    stored = {row[0]: tuple(row) for row in reading}
-    wanted = {row["identifier"]: tuple(row.get(column) for column in columns) for row in rows}
-    stale = [identifier for identifier, values in stored.items() if wanted.get(identifier) != values]
-    fresh = [values for identifier, values in wanted.items() if stored.get(identifier) != values]
-    if stale:
-        connection.execute(_DELETE_ROWS[table.name], {"device_id": device_id, "identifiers": stale})
-    if fresh:
-        connection.execute(
-            insert(table), [{"device_id": device_id, **dict(zip(columns, v, strict=True))} for v in fresh]
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self._columns = [column.name for column in table.c if column.name != "device_id"]  # identifier first
+        self._stored = select(*(table.c[name] for name in self._columns)).where(
+            table.c.device_id == bindparam("device_id")
         )
-    return frozenset(stale).union(values[0] for values in fresh)
+        self._delete = delete(table).where(
+            table.c.device_id == bindparam("device_id"),
+            table.c.identifier.in_(bindparam("identifiers", expanding=True)),
+        )
+
+    def replace(self, session: Session, device_id: str, rows: list[Any]) -> frozenset[str]:
+        """The device's rows become `rows` (a duplicate identifier keeps its last entry); the identifiers
+        of the rows that appeared, went or changed."""
+        session.flush()  # what the ORM holds goes first, as its own statements would have flushed it
+        connection = session.connection()
+        stored = {row[0]: tuple(row) for row in connection.execute(self._stored, {"device_id": device_id})}
+        wanted = {row["identifier"]: tuple(row.get(column) for column in self._columns) for row in rows}
+        stale = [identifier for identifier, values in stored.items() if wanted.get(identifier) != values]
+        fresh = [values for identifier, values in wanted.items() if stored.get(identifier) != values]
+        if stale:
+            connection.execute(self._delete, {"device_id": device_id, "identifiers": stale})
+        if fresh:
+            connection.execute(
+                insert(self._table),
+                [{"device_id": device_id, **dict(zip(self._columns, values, strict=True))} for values in fresh],
+            )
+        return frozenset(stale).union(values[0] for values in fresh)
 
 
-# Per table, the columns a reported row carries (identifier first), and the statements of the diff.
-_ROW_COLUMNS = {
-    table.name: [column.name for column in table.c if column.name != "device_id"]
-    for table in (DeviceApp.__table__, DeviceProfile.__table__)  # type: ignore[attr-defined]
-}
-_STORED_ROWS = {
-    table.name: select(*(table.c[name] for name in _ROW_COLUMNS[table.name])).where(
-        table.c.device_id == bindparam("device_id")
-    )
-    for table in (DeviceApp.__table__, DeviceProfile.__table__)  # type: ignore[attr-defined]
-}
-_DELETE_ROWS = {
-    table.name: delete(table).where(
-        table.c.device_id == bindparam("device_id"), table.c.identifier.in_(bindparam("identifiers", expanding=True))
-    )
-    for table in (DeviceApp.__table__, DeviceProfile.__table__)  # type: ignore[attr-defined]
-}
+_APP_ROWS = _ReportedRows(DeviceApp.__table__)  # type: ignore[attr-defined]
+_PROFILE_ROWS = _ReportedRows(DeviceProfile.__table__)  # type: ignore[attr-defined]
 
 
 # --- What acknowledged commands establish ------------------------------------------------------------
