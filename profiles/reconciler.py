@@ -17,7 +17,7 @@ from mdm.access_policy.models import AccessRule
 from mdm.commands import intents
 from mdm.commands.models import OPEN_STATUSES, Command, CommandStatus
 from mdm.csv_import import chunks
-from mdm.database import among, refresh_statistics
+from mdm.database import among, one_of, refresh_statistics
 from mdm.desired_state import DeviceSelector
 from mdm.devices.models import MANAGED_STATES, Device
 from mdm.ids import new_id, utcnow
@@ -254,7 +254,7 @@ def _rows(session: Session, statement: Any, parameters: dict[str, Any]) -> Any:
 
 
 # Built once: the device ids are one list parameter, so each runs for a batch of any size.
-_MANAGED_AMONG = select(Device.id).where(among(Device.id), col(Device.state).in_(MANAGED_STATES)).order_by(Device.id)
+_MANAGED_AMONG = select(Device.id).where(among(Device.id), one_of(Device.state, MANAGED_STATES)).order_by(Device.id)
 _GROUPS = (
     select(Device.id, PersonGroup.group_name)
     .join(PersonGroup, PersonGroup.person_id == Device.person_id)  # type: ignore[arg-type]
@@ -278,7 +278,7 @@ _SCHOOL_INSTALLS = select(SchoolInstall.device_id, SchoolInstall.app_id, SchoolI
 )
 _OPEN_TARGETED_COMMANDS = (
     select(Command.device_id, Command.id, Command.target, Command.intent)
-    .where(among(Command.device_id), col(Command.status).in_(OPEN_STATUSES), col(Command.target).like("%:%"))
+    .where(among(Command.device_id), one_of(Command.status, OPEN_STATUSES), col(Command.target).like("%:%"))
     .order_by(Command.id)
 )
 

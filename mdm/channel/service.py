@@ -29,7 +29,7 @@ from mdm.audit.service import record
 from mdm.commands import service as commands
 from mdm.commands.intents import Intent, intent_of
 from mdm.commands.models import OPEN_STATUSES, Command, CommandResult
-from mdm.database import Queryable
+from mdm.database import Queryable, one_of
 from mdm.devices import service as devices
 from mdm.devices.models import Device, DeviceCertificate, DeviceState, Identity
 from mdm.errors import ProblemError
@@ -136,7 +136,7 @@ _certificate = DeviceCertificate.__table__  # type: ignore[attr-defined]
 _inventory = DeviceInventory.__table__  # type: ignore[attr-defined]
 _command = Command.__table__  # type: ignore[attr-defined]
 
-_OPEN_COMMANDS = exists().where(_command.c.device_id == _device.c.id, _command.c.status.in_(OPEN_STATUSES))
+_OPEN_COMMANDS = exists().where(_command.c.device_id == _device.c.id, one_of(_command.c.status, OPEN_STATUSES))
 # Each of the device's certificates (a handful), newest first, with the device's standing beside each.
 _IDENTITIES_AND_STANDING = (
     select(*devices.IDENTITY_COLUMNS, _device.c.state, _device.c.os_version, _inventory.c.content_hash, _OPEN_COMMANDS)
@@ -155,7 +155,7 @@ _BY_CERTIFICATE = _IDENTITIES_AND_STANDING.where(
 )
 _STILL_QUIET = and_(
     _device.c.id == bindparam("device_id"),
-    _device.c.state.not_in(tuple(REFUSED_STATES)),
+    ~one_of(_device.c.state, REFUSED_STATES),
     _device.c.os_version.is_not_distinct_from(bindparam("seen_os")),
     exists().where(
         _certificate.c.serial_number == bindparam("proven_serial"),

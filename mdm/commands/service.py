@@ -26,6 +26,7 @@ from mdm.commands.models import (
     CommandType,
     TechnicianCommand,
 )
+from mdm.database import one_of
 from mdm.devices import service as devices
 from mdm.devices.models import MANAGED_STATES, Device
 from mdm.errors import Conflict, Invalid, NotFound
@@ -128,7 +129,7 @@ def deliver_due(
 # Built once: the check-in path runs it for every device, every time.
 _OPEN_FOR_DEVICE = (
     select(Command)
-    .where(Command.device_id == bindparam("device_id"), col(Command.status).in_(OPEN_STATUSES))
+    .where(Command.device_id == bindparam("device_id"), one_of(Command.status, OPEN_STATUSES))
     .order_by(Command.id)
 )
 
