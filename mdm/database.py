@@ -155,6 +155,27 @@ class Database:
             yield session
 
     @contextmanager
+    def committing(self) -> Iterator[Connection]:
+        """A write transaction through Core alone: commits on success, rolls back on any error.
+
+        For the check-in's quiet path, two statements that the ORM session's machinery would cost more
+        than. When that path turns out not to apply, `session_on` continues in the same transaction.
+        """
+        with self.write_engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def session_on(self, connection: Connection) -> Iterator[Session]:
+        """An ORM session inside the transaction `committing` opened; that transaction's owner commits."""
+        info = {SESSION_KEY: self.hooks} if self.hooks is not None else None
+        # rollback_only: the session never commits the transaction it joins, but an error still rolls it back.
+        with Session(
+            bind=connection, expire_on_commit=False, info=info, join_transaction_mode="rollback_only"
+        ) as session:
+            yield session
+            session.flush()
+
+    @contextmanager
     def reading(self) -> Iterator[Session]:
         with self._session(self.read_engine) as session:
             yield session
@@ -295,11 +316,12 @@ def refresh_statistics(session: Session, *tables: str) -> None:
             session.exec(text(f"ANALYZE {table}"))  # type: ignore[call-overload]
 
 
-def insert_ignoring_duplicates(session: Session, model: Any, values: dict[str, Any]) -> bool:
+def insert_ignoring_duplicates(executor: Queryable, model: Any, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING on either database; True when the row was new."""
-    statement = _insert_ignoring(session.get_bind().dialect.name, model.__table__, tuple(sorted(values)))
+    dialect = executor.dialect if isinstance(executor, Connection) else executor.get_bind().dialect
+    statement = _insert_ignoring(dialect.name, model.__table__, tuple(sorted(values)))
     # RETURNING, not rowcount: SQLAlchemy reports no rowcount for INSERT unless asked, on either driver.
-    return session.execute(statement, values).first() is not None
+    return executor.execute(statement, values).first() is not None
 
 
 @lru_cache(maxsize=64)

@@ -110,7 +110,7 @@ def _standing(rows: Sequence[Any]) -> Standing | None:
 
 
 def pass_quietly(
-    session: Session,
+    executor: Queryable,
     device_id: str,
     proven: Identity,
     seen: Standing,
@@ -125,8 +125,8 @@ def pass_quietly(
     """
     values = {"device_id": device_id, "proven_serial": proven.serial_number, "now": now, "seen_os": seen.os_version}
     if report_hash is None:
-        return bool(session.execute(_QUIET_CHECKIN, values).rowcount)  # type: ignore[attr-defined]
-    return bool(session.execute(_QUIET_CHECKIN_WITH_REPORT, {**values, "report_hash": report_hash}).rowcount)  # type: ignore[attr-defined]
+        return bool(executor.execute(_QUIET_CHECKIN, values).rowcount)  # type: ignore[attr-defined]
+    return bool(executor.execute(_QUIET_CHECKIN_WITH_REPORT, {**values, "report_hash": report_hash}).rowcount)  # type: ignore[attr-defined]
 
 
 # Core tables, not ORM entities: every agent check-in and every Apple connect runs these, and the ORM's

@@ -23,7 +23,7 @@ from mdm.channel.agent.signature import (
     check_timestamp,
     verify_request_signature,
 )
-from mdm.database import insert_ignoring_duplicates
+from mdm.database import Queryable, insert_ignoring_duplicates
 from mdm.devices.models import Device, Identity
 from mdm.errors import ProblemError
 
@@ -100,10 +100,10 @@ def _public_key(certificate_pem: str) -> VerifyingKey:
     return x509.load_pem_x509_certificate(certificate_pem.encode()).public_key()  # type: ignore[return-value]
 
 
-def use_nonce(session: Session, request: SignedRequest, now: datetime) -> None:
+def use_nonce(executor: Queryable, request: SignedRequest, now: datetime) -> None:
     """401 when the nonce was seen before. Old nonces go in a scheduled purge (jobs.py), not on each request."""
     fresh = insert_ignoring_duplicates(
-        session, DeviceNonce, {"device_id": request.device_id, "nonce": request.nonce, "seen_at": now}
+        executor, DeviceNonce, {"device_id": request.device_id, "nonce": request.nonce, "seen_at": now}
     )
     if not fresh:
         raise unauthenticated("This nonce was used before: the request is a replay.")

@@ -88,15 +88,16 @@ def serve_checkin(database: Database, signed: SignedRequest, settings: Settings)
     quiet = seen is not None and report_hash == seen.inventory_hash and seen.is_quiet(proven, candidates)
     if report is None and not quiet:
         report = _REPORTS.parse(signed.body)  # a body seen before, but a change to store: parsed before the lock
-    with database.writing() as session:
+    with database.committing() as connection:
         # The device's row first, then the nonce (whose foreign key also touches that row): every
         # check-in of one device takes its locks in the same order, so two never wait on each other.
-        if quiet and channel.pass_quietly(session, signed.device_id, proven, seen, now, report_hash=report_hash):
-            auth.use_nonce(session, signed, now)
+        if quiet and channel.pass_quietly(connection, signed.device_id, proven, seen, now, report_hash=report_hash):
+            auth.use_nonce(connection, signed, now)
             return CheckinResponse(commands=[], next_checkin_seconds=settings.checkin_interval_seconds)
         # Something moved since the read: the full path, with the body parsed only now if it was known.
         report = report if report is not None else _REPORTS.parse(signed.body)
-        return _full_checkin(session, signed, proven, report, now, settings)
+        with database.session_on(connection) as session:
+            return _full_checkin(session, signed, proven, report, now, settings)
 
 
 def _full_checkin(

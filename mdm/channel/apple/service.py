@@ -151,10 +151,11 @@ def on_idle(database: Database, signer: Signer, report: Report, now: datetime, r
     if seen is not None:
         channel.refuse_unless_admissible(proven, seen.state, now)
     quiet = seen is not None and seen.is_quiet(proven, candidates)
-    with database.writing() as session:
-        if quiet and channel.pass_quietly(session, proven.device_id, proven, seen, now):  # type: ignore[arg-type]
+    with database.committing() as connection:
+        if quiet and channel.pass_quietly(connection, proven.device_id, proven, seen, now):  # type: ignore[arg-type]
             return None
-        return on_report(session, signer, report, now, redelivery)
+        with database.session_on(connection) as session:
+            return on_report(session, signer, report, now, redelivery)
 
 
 def on_report(session: Session, signer: Signer, report: Report, now: datetime, redelivery: timedelta) -> Any:
