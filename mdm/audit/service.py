@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import Select
+from sqlalchemy import Select, bindparam, insert, update
 from sqlmodel import Session, select
 
 from mdm.actor import Actor
@@ -21,20 +21,27 @@ from mdm.pagination import Page, PageParams, paginate
 HEAD_ID = 1
 
 
+_HASHED_FIELDS = (
+    "seq",
+    "id",
+    "occurred_at",
+    "actor",
+    "actor_role",
+    "action",
+    "object_type",
+    "object_id",
+    "summary",
+    "request_id",
+    "prev_hash",
+)
+
+
 def event_hash(event: AuditEvent) -> str:
-    material = {
-        "seq": event.seq,
-        "id": event.id,
-        "occurred_at": event.occurred_at.isoformat(),
-        "actor": event.actor,
-        "actor_role": event.actor_role,
-        "action": event.action,
-        "object_type": event.object_type,
-        "object_id": event.object_id,
-        "summary": event.summary,
-        "request_id": event.request_id,
-        "prev_hash": event.prev_hash,
-    }
+    return _hash_of({name: getattr(event, name) for name in _HASHED_FIELDS})
+
+
+def _hash_of(fields: dict[str, Any]) -> str:
+    material = {**fields, "occurred_at": fields["occurred_at"].isoformat()}
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -46,8 +53,8 @@ def record(
     object_type: str,
     object_id: str | None,
     summary: dict[str, Any] | None = None,
-) -> AuditEvent:
-    return record_each(session, actor, action, object_type, [(object_id, summary)])[0]
+) -> None:
+    record_each(session, actor, action, object_type, [(object_id, summary)])
 
 
 def record_each(
@@ -56,40 +63,58 @@ def record_each(
     action: str,
     object_type: str,
     objects: Iterable[tuple[str | None, dict[str, Any] | None]],
-) -> list[AuditEvent]:
+) -> None:
     """One event per (object id, summary), in order, with the chain's head locked and written once.
 
-    Bulk work (a year's leavers) records thousands of events in one transaction: one head read and one
-    flush for all of them, not one each.
+    Bulk work (a year's leavers) records thousands of events in one transaction: one head read, one
+    insert and one head update for all of them. Written as plain rows: every enrolment and admin action
+    records an event, and building ORM objects for an append-only table cost more than the SQL.
     """
-    head = session.exec(select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()).one()
-    events = [_append(head, actor, action, object_type, object_id, summary) for object_id, summary in objects]
-    session.add_all(events)
-    session.add(head)
+    # The caller's changes first, then the head: a transaction that already waits for a row this one
+    # has written never holds the head at the same time (the lock order of the ORM's autoflush).
     session.flush()
-    return events
+    last_seq, last_hash = session.execute(_LOCK_HEAD).one()
+    rows = []
+    for object_id, summary in objects:
+        row = _event_row(last_seq + 1, last_hash, actor, action, object_type, object_id, summary)
+        rows.append(row)
+        last_seq, last_hash = row["seq"], row["hash"]
+    if rows:
+        session.execute(insert(_event), rows)
+        session.execute(_MOVE_HEAD, {"last_seq": last_seq, "last_hash": last_hash})
 
 
-def _append(
-    head: AuditHead, actor: Actor, action: str, object_type: str, object_id: str | None, summary: dict[str, Any] | None
-) -> AuditEvent:
-    event = AuditEvent(
-        seq=head.last_seq + 1,
-        id=new_id(),
-        occurred_at=utcnow(),
-        actor=actor.label,
-        actor_role=actor.role.value if actor.role else None,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        summary=_jsonable(summary or {}),
-        request_id=actor.request_id,
-        prev_hash=head.last_hash,
-        hash="",
-    )
-    event.hash = event_hash(event)
-    head.last_seq, head.last_hash = event.seq, event.hash
-    return event
+_event = AuditEvent.__table__  # type: ignore[attr-defined]
+_head = AuditHead.__table__  # type: ignore[attr-defined]
+_LOCK_HEAD = select(_head.c.last_seq, _head.c.last_hash).where(_head.c.id == HEAD_ID).with_for_update()
+_MOVE_HEAD = (
+    update(_head).where(_head.c.id == HEAD_ID).values(last_seq=bindparam("last_seq"), last_hash=bindparam("last_hash"))
+)
+
+
+def _event_row(
+    seq: int,
+    prev_hash: str,
+    actor: Actor,
+    action: str,
+    object_type: str,
+    object_id: str | None,
+    summary: dict[str, Any] | None,
+) -> dict[str, Any]:
+    fields = {
+        "seq": seq,
+        "id": new_id(),
+        "occurred_at": utcnow(),
+        "actor": actor.label,
+        "actor_role": actor.role.value if actor.role else None,
+        "action": action,
+        "object_type": object_type,
+        "object_id": object_id,
+        "summary": _jsonable(summary or {}),
+        "request_id": actor.request_id,
+        "prev_hash": prev_hash,
+    }
+    return {**fields, "hash": _hash_of(fields)}
 
 
 def _jsonable(summary: dict[str, Any]) -> dict[str, Any]:
