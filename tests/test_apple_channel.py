@@ -212,6 +212,50 @@ def test_a_revoked_ipad_is_403_and_gets_no_command(client, auth, runtime):
     assert "revoked" in response.json()["detail"]
 
 
+def test_a_repeated_idle_connect_is_verified_once_and_still_refused_once_revoked(client, auth, runtime, monkeypatch):
+    from mdm.channel.apple import signature
+
+    ipad, device = _enrolled(client, auth, runtime)
+    body, headers = ipad.signed(ipad.report())
+    parsed = []
+    real = signature._signed_data
+    monkeypatch.setattr(signature, "_signed_data", lambda der: parsed.append(der) or real(der))
+    for _ in range(3):  # the same bytes each time, as a device that signs no signing time sends them
+        assert client.put("/mdm/connect", content=body, headers=headers).status_code == 200
+    assert len(parsed) == 1
+    # The remembered verdict is about the bytes, never about whether the device may still talk.
+    revoked = client.post(f"/api/v1/devices/{device['id']}/revoke", json={"reason": "lost"}, headers=auth(Role.admin))
+    assert revoked.status_code == 200, revoked.text
+    response = client.put("/mdm/connect", content=body, headers=headers)
+    assert response.status_code == 403
+    assert "revoked" in response.json()["detail"]
+
+
+def test_a_remembered_signature_over_another_body_is_still_401(client, auth, runtime):
+    ipad, _ = _enrolled(client, auth, runtime)
+    body, headers = ipad.signed(ipad.report())
+    assert client.put("/mdm/connect", content=body, headers=headers).status_code == 200
+    forged = body.replace(b"Idle", b"Acknowledged")
+    assert forged != body
+    response = client.put("/mdm/connect", content=forged, headers=headers)
+    assert response.status_code == 401
+    assert "another body" in response.json()["detail"]
+
+
+def test_failed_signatures_are_not_remembered(client, auth, runtime, monkeypatch):
+    from mdm.channel.apple import signature
+
+    ipad, _ = _enrolled(client, auth, runtime)
+    body, headers = ipad.signed(ipad.report())
+    forged = body.replace(b"Idle", b"Acknowledged")
+    parsed = []
+    real = signature._signed_data
+    monkeypatch.setattr(signature, "_signed_data", lambda der: parsed.append(der) or real(der))
+    for _ in range(2):
+        assert client.put("/mdm/connect", content=forged, headers=headers).status_code == 401
+    assert len(parsed) == 2
+
+
 def test_an_expired_identity_is_403_and_gets_no_command(client, auth, runtime, database):
     from sqlalchemy import text
 
