@@ -167,11 +167,8 @@ class Database:
     @contextmanager
     def session_on(self, connection: Connection) -> Iterator[Session]:
         """An ORM session inside the transaction `committing` opened; that transaction's owner commits."""
-        info = {SESSION_KEY: self.hooks} if self.hooks is not None else None
         # rollback_only: the session never commits the transaction it joins, but an error still rolls it back.
-        with Session(
-            bind=connection, expire_on_commit=False, info=info, join_transaction_mode="rollback_only"
-        ) as session:
+        with self._session(connection, join_transaction_mode="rollback_only") as session:
             yield session
             session.flush()
 
@@ -186,9 +183,9 @@ class Database:
         with self.read_engine.connect() as connection:
             yield connection
 
-    def _session(self, engine: Engine) -> Session:
+    def _session(self, bind: Engine | Connection, **options: Any) -> Session:
         info = {SESSION_KEY: self.hooks} if self.hooks is not None else None
-        return Session(engine, expire_on_commit=False, info=info)
+        return Session(bind, expire_on_commit=False, info=info, **options)
 
     def dispose(self) -> None:
         self.write_engine.dispose()
