@@ -85,7 +85,7 @@ def test_a_profile_of_the_familys_own_reconciles_nothing(client, auth, reconcile
 
 
 def test_a_school_app_removed_among_thousands_of_family_changes_is_still_reinstalled(client, auth, reconciles):
-    """A device cannot hide a removal behind a flood of other changes (5,000 apps: several chunks of look-ups)."""
+    """A device cannot hide a removal behind a flood of other changes (5,000 apps in one look-up)."""
     device = school_device(client, auth)
     reconciles.clear()
     flood = [{"identifier": f"com.family.app{n:04d}", "version": "1.0", "managed": False} for n in range(4999)]
