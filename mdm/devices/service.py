@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Select, bindparam, insert, update
 from sqlalchemy import select as sql_select
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from mdm import desired_state
@@ -434,11 +435,20 @@ def revoked_certificates(session: Session) -> list[tuple[int, datetime]]:
 
 def lock_for_update(session: Session, device_id: str) -> Device:
     """The device row, locked: serialises check-ins and lifecycle changes of one device on PostgreSQL."""
-    statement = select(Device).where(Device.id == device_id).with_for_update()
-    device = session.exec(statement.execution_options(populate_existing=True)).first()
+    device = session.exec(_LOCKED_DEVICE, params={"device_id": device_id}).first()  # type: ignore[call-overload]
     if device is None:
         raise NotFound("device", device_id)
     return device
+
+
+# Built once: every check-in that stores a report locks its device, and building the statement and its
+# cache key each time cost as much as running it.
+_LOCKED_DEVICE = (
+    select(Device)
+    .where(Device.id == bindparam("device_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
 
 
 def set_hold(session: Session, device_id: str, change: HoldChange, actor: Actor) -> Device:
@@ -457,11 +467,29 @@ def set_hold(session: Session, device_id: str, change: HoldChange, actor: Actor)
 
 
 def mark_checked_in(session: Session, device: Device, os_version: str | None, now: datetime) -> None:
-    device.last_checkin_at = now
+    """The device (locked by the caller) was in touch now, and runs `os_version` when it said so.
+
+    Written at once through Core, the loaded object told its new values as already stored: the ORM's
+    flush of one changed row cost five times the UPDATE, on every check-in that stores a report.
+    """
+    values: dict[str, Any] = {"last_checkin_at": now}
+    statement = _CHECKED_IN
     if os_version and os_version != device.os_version:
-        device.os_version = os_version
-        device.updated_at = now
-    session.add(device)
+        values |= {"os_version": os_version, "updated_at": now}
+        statement = _CHECKED_IN_ON_NEW_OS
+    session.flush()  # what the session holds of this row goes first, as its own flush would have ordered it
+    session.connection().execute(statement, {"b_id": device.id, **values})
+    for key, value in values.items():
+        set_committed_value(device, key, value)
+
+
+_DEVICE_TABLE = Device.__table__  # type: ignore[attr-defined]
+_CHECKED_IN = (
+    update(_DEVICE_TABLE)
+    .where(_DEVICE_TABLE.c.id == bindparam("b_id"))
+    .values(last_checkin_at=bindparam("last_checkin_at"))
+)
+_CHECKED_IN_ON_NEW_OS = _CHECKED_IN.values(os_version=bindparam("os_version"), updated_at=bindparam("updated_at"))
 
 
 def note_reported_facts(session: Session, device: Device, facts: dict[str, str | None], now: datetime) -> None:
