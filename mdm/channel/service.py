@@ -186,13 +186,20 @@ def _supersede_older_identities(session: Session, device: Device, proven: Identi
 
 
 def report_inventory(
-    session: Session, device: Device, inventory: Inventory, now: datetime, *, partial: bool = False
+    session: Session,
+    device: Device,
+    inventory: Inventory,
+    now: datetime,
+    *,
+    partial: bool = False,
+    report_hash: str | None = None,
 ) -> None:
     """Stores what the device reported and reconciles it when that changed; it counts as a check-in.
 
     `partial`: the report carries only some facts (Apple answers one query at a time); the rest stay.
+    `report_hash`: a whole report's `whole_report_hash`, when the adapter has it already.
     """
-    change = store_inventory(session, device.id, inventory, now, partial=partial)
+    change = store_inventory(session, device.id, inventory, now, partial=partial, report_hash=report_hash)
     if change:
         desired_state.report_changed(session, device.id, apps=change.apps, profiles=change.profiles)
     devices.mark_checked_in(session, device, inventory.os_version, now)

@@ -68,15 +68,24 @@ UNCHANGED = InventoryChange(stored=False)
 
 
 def store_inventory(
-    session: Session, device_id: str, inventory: Inventory, now: datetime, *, partial: bool = False
+    session: Session,
+    device_id: str,
+    inventory: Inventory,
+    now: datetime,
+    *,
+    partial: bool = False,
+    report_hash: str | None = None,
 ) -> InventoryChange:
     """Stores the report unless it is what is stored already, and says what that changed.
 
     `partial`: only the fields the report carries (`inventory.model_fields_set`) replace what is stored.
+    `report_hash`: the whole report's `whole_report_hash`, when the caller has worked it out already.
     """
     stored = _StoredInventory(session, device_id)
+    if report_hash is not None and not partial and stored.content_hash == report_hash:
+        return UNCHANGED
     document, carried = _merged(session, stored, inventory, partial)
-    digest = document_hash(document)
+    digest = report_hash if report_hash is not None and not partial else document_hash(document)
     if stored.content_hash == digest:
         return UNCHANGED
     stored.replace(document, digest, now)

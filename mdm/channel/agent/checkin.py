@@ -97,7 +97,7 @@ def serve_checkin(database: Database, signed: SignedRequest, settings: Settings)
         # Something moved since the read: the full path, with the body parsed only now if it was known.
         report = report if report is not None else _REPORTS.parse(signed.body)
         with database.session_on(connection) as session:
-            return _full_checkin(session, signed, proven, report, now, settings)
+            return _full_checkin(session, signed, proven, report, report_hash, now, settings)
 
 
 def _full_checkin(
@@ -105,6 +105,7 @@ def _full_checkin(
     signed: SignedRequest,
     proven: Identity,
     report: Inventory,
+    report_hash: str | None,
     now: datetime,
     settings: Settings,
 ) -> CheckinResponse:
@@ -115,7 +116,7 @@ def _full_checkin(
         raise auth.unauthenticated("Unknown device, or a signature that does not verify.")
     device = channel.admit(session, signed.device_id, current, candidates, now)
     auth.use_nonce(session, signed, now)
-    channel.report_inventory(session, device, report, now)
+    channel.report_inventory(session, device, report, now, report_hash=report_hash)
     redelivery = timedelta(seconds=settings.command_redelivery_seconds)
     due = channel.next_commands(session, device.id, now, redelivery)
     return CheckinResponse(commands=rendered(session, due), next_checkin_seconds=settings.checkin_interval_seconds)
