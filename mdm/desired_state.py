@@ -6,11 +6,12 @@ reconciler. The bootstrap hands it over with the session (mdm/hooks.py); the cor
 devices changed.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 from sqlmodel import Session
 
-from mdm.hooks import DeviceSelector, hooks_of
+from mdm.hooks import DeviceSelector, VersionChange, hooks_of
 
 # The reconciler and the benchmarks name the selector from here.
 __all__ = ["DeviceSelector", "devices_changed", "report_changed"]
@@ -30,7 +31,16 @@ def devices_changed(
         reconcile(session, selector)
 
 
-def report_changed(session: Session, device_id: str, *, apps: Iterable[str] = (), profiles: Iterable[str] = ()) -> None:
-    """A device's stored report changed: `apps` and `profiles`, the identifiers of the rows that did.
+def report_changed(
+    session: Session,
+    device_id: str,
+    *,
+    apps: Iterable[str] = (),
+    profiles: Iterable[str] = (),
+    app_versions: Mapping[str, VersionChange] | None = None,
+) -> None:
+    """A device's stored report changed: `apps` and `profiles`, the identifiers of the rows that did;
+    `app_versions`, the apps only updated, each (version before, after).
     The reconciler decides whether that can move what the device is sent."""
-    hooks_of(session).reconcile_report(session, device_id, frozenset(apps), frozenset(profiles))
+    updates = MappingProxyType(dict(app_versions or {}))
+    hooks_of(session).reconcile_report(session, device_id, frozenset(apps), frozenset(profiles), updates)

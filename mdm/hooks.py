@@ -8,7 +8,7 @@ A session opened any other way has none and the core refuses to go on: a forgott
 never a change that silently queues nothing.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,8 +31,10 @@ class DeviceSelector:
 
 
 Reconcile = Callable[[Session, DeviceSelector], object]
-# (device id, identifiers of its app rows, then of its profile rows, that appeared, went or changed)
-ReconcileReport = Callable[[Session, str, frozenset[str], frozenset[str]], object]
+VersionChange = tuple[str | None, str | None]  # an app's reported version (before, after)
+# (device id, identifiers of its app rows, then of its profile rows, that appeared, went or changed;
+# the apps only updated: still there, managed as before, each with its versions)
+ReconcileReport = Callable[[Session, str, frozenset[str], frozenset[str], Mapping[str, VersionChange]], object]
 # The answered mdm.commands.models.Command; not named here, since the command queue imports this module.
 ResultListener = Callable[[Session, Any], None]
 

@@ -6,8 +6,9 @@ the commands, cancellations and licence changes in bulk. No query is made per de
 """
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Select, bindparam, case, delete, insert, or_, update
@@ -20,6 +21,7 @@ from mdm.csv_import import chunks
 from mdm.database import among, one_of, refresh_statistics
 from mdm.desired_state import DeviceSelector
 from mdm.devices.models import MANAGED_STATES, Device
+from mdm.hooks import VersionChange
 from mdm.ids import new_id, utcnow
 from mdm.inventory.models import DeviceApp, DeviceProfile
 from mdm.people.models import PersonGroup
@@ -89,18 +91,37 @@ def reconcile(session: Session, selector: DeviceSelector, catalogue: Catalogue |
 
 
 def reconcile_report(
-    session: Session, device_id: str, apps: frozenset[str], profiles: frozenset[str]
+    session: Session,
+    device_id: str,
+    apps: frozenset[str],
+    profiles: frozenset[str],
+    app_versions: Mapping[str, VersionChange] = MappingProxyType({}),
 ) -> RunSummary | None:
     """After a device's stored report changed: reconciles it, unless the change is to nothing a plan reads.
 
     A plan reads a device's reported apps and profiles only by the identifiers of the school's own
-    (profiles/planning.py; deleted ones too, for what the school put there). A new OS version, a
-    passcode, the family's own apps updating overnight or a profile of its own move no plan, and on
-    personal devices they are most of what changes: such a check-in is then as cheap as an unchanged one.
+    (profiles/planning.py; deleted ones too, for what the school put there), and of an app that stays on
+    the device, managed as before, only whether it meets the school's minimum version. A new OS version,
+    a passcode, the family's own apps or the school's apps updating overnight, or a profile of its own,
+    move no plan: on most mornings they are all that changes, and such a check-in is then as cheap as
+    an unchanged one.
     """
-    if not (_any_named(session, _CATALOGUED_APPS, apps) or _any_named(session, _CATALOGUED_PROFILES, profiles)):
-        return None
-    return reconcile(session, DeviceSelector(device_ids=frozenset({device_id})))
+    if _any_named(session, _CATALOGUED_PROFILES, profiles) or _moves_an_app_plan(session, apps, app_versions):
+        return reconcile(session, DeviceSelector(device_ids=frozenset({device_id})))
+    return None
+
+
+def _moves_an_app_plan(session: Session, apps: frozenset[str], app_versions: Mapping[str, VersionChange]) -> bool:
+    identifiers = apps | app_versions.keys()
+    if not identifiers:
+        return False
+    for identifier, minimum in _rows(session, _CATALOGUED_MINIMUMS, {"identifiers": list(identifiers)}):
+        if identifier in apps:
+            return True  # a school app appeared, went, or changed hands: always the plan's business
+        before, after = app_versions[identifier]
+        if meets_minimum(before, minimum) != meets_minimum(after, minimum):
+            return True
+    return False
 
 
 def _any_named(session: Session, statement: Any, identifiers: frozenset[str]) -> bool:
@@ -155,7 +176,10 @@ def load_catalogue(session: Session) -> Catalogue:
 
 _SCOPES = select(ScopeRule.owner_id, ScopeRule.kind, ScopeRule.value)
 # Deleted ones included: the reconciler still removes what the school put on devices of them.
-_CATALOGUED_APPS = select(App.id).where(col(App.identifier).in_(bindparam("identifiers", expanding=True))).limit(1)
+# Deleted ones included, and an identifier may be catalogued once per platform.
+_CATALOGUED_MINIMUMS = select(App.identifier, App.min_version).where(
+    col(App.identifier).in_(bindparam("identifiers", expanding=True))
+)
 _CATALOGUED_PROFILES = (
     select(Profile.id).where(col(Profile.identifier).in_(bindparam("identifiers", expanding=True))).limit(1)
 )

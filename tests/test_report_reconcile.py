@@ -1,8 +1,9 @@
 """A changed report reconciles the device only when the change can move what the device is sent.
 
-The plan reads a device's profiles and, of its apps, only those the catalogue names: the family's own
-apps updating, a new OS version or a passcode change are stored but cost no reconcile. Everything a
-plan does read still reconciles at once, in the same check-in.
+The plan reads a device's profiles and, of its apps, only those the catalogue names, and of a school
+app that stays managed only whether it meets the minimum: the family's own apps updating, a school app
+updating past its minimum, a new OS version or a passcode change are stored but cost no reconcile.
+Everything a plan does read still reconciles at once, in the same check-in.
 """
 
 from collections.abc import Iterator
@@ -64,6 +65,31 @@ def test_a_school_app_removed_is_reinstalled_in_the_same_checkin(client, auth, r
     reconciles.clear()
     commands = device.checkin({**INVENTORY, "apps": [GAME]}).json()["commands"]
     assert [(c["type"], c["payload"]["identifier"]) for c in commands] == [("InstallApplication", "com.example.maths")]
+    assert len(reconciles) == 1
+
+
+def test_a_school_app_updating_overnight_stores_the_report_and_reconciles_nothing(client, auth, database, reconciles):
+    device = school_device(client, auth)
+    reconciles.clear()
+    assert device.checkin({**INVENTORY, "apps": [{**MATHS, "version": "2.2"}, GAME]}).json()["commands"] == []
+    assert reconciles == []
+    with database.reading() as session:
+        assert reported_inventories(session, [device.id])[device.id].apps["com.example.maths"]["version"] == "2.2"
+
+
+def test_a_school_app_falling_below_its_minimum_is_updated_in_the_same_checkin(client, auth, reconciles):
+    device = school_device(client, auth)
+    reconciles.clear()
+    commands = device.checkin({**INVENTORY, "apps": [{**MATHS, "version": "1.9"}, GAME]}).json()["commands"]
+    assert [(c["type"], c["payload"]["identifier"]) for c in commands] == [("InstallApplication", "com.example.maths")]
+    assert len(reconciles) == 1
+
+
+def test_a_school_app_the_family_took_over_is_reconciled(client, auth, reconciles):
+    """Same version, no longer managed: the school's copy is gone, which only a reconcile can act on."""
+    device = school_device(client, auth)
+    reconciles.clear()
+    assert device.checkin({**INVENTORY, "apps": [{**MATHS, "managed": False}, GAME]}).status_code == 200
     assert len(reconciles) == 1
 
 

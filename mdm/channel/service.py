@@ -201,7 +201,9 @@ def report_inventory(
     """
     change = store_inventory(session, device.id, inventory, now, partial=partial, report_hash=report_hash)
     if change:
-        desired_state.report_changed(session, device.id, apps=change.apps, profiles=change.profiles)
+        desired_state.report_changed(
+            session, device.id, apps=change.apps, profiles=change.profiles, app_versions=change.app_versions
+        )
     devices.mark_checked_in(session, device, inventory.os_version, now)
 
 

@@ -16,8 +16,8 @@ report and a command result of the same device never interleave their read-modif
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, delete, insert, update
 from sqlmodel import Session, col, select
 
 from mdm.database import among, upsert
+from mdm.hooks import VersionChange
 from mdm.inventory.models import (
     DeviceApp,
     DeviceInventory,
@@ -52,13 +53,15 @@ def document_hash(document: dict[str, Any]) -> str:
 class InventoryChange:
     """What storing a report changed; false when nothing did.
 
-    `apps` and `profiles`: the identifiers of the rows that appeared, went or changed. A report can
-    change only its facts (an OS version, a passcode) and no row.
+    `apps` and `profiles`: the identifiers of the rows that appeared, went or changed, except the apps
+    in `app_versions`: still there and managed as before, only at another version (an update). A report
+    can change only its facts (an OS version, a passcode) and no row.
     """
 
     stored: bool
     apps: frozenset[str] = frozenset()
     profiles: frozenset[str] = frozenset()
+    app_versions: Mapping[str, VersionChange] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.stored
@@ -89,9 +92,16 @@ def store_inventory(
     if stored.content_hash == digest:
         return UNCHANGED
     stored.replace(document, digest, now)
-    apps = _APP_ROWS.replace(session, device_id, document["apps"]) if "apps" in carried else frozenset()
-    profiles = _PROFILE_ROWS.replace(session, device_id, document["profiles"]) if "profiles" in carried else frozenset()
-    return InventoryChange(stored=True, apps=apps, profiles=profiles)
+    apps = _APP_ROWS.replace(session, device_id, document["apps"]) if "apps" in carried else {}
+    profiles = _PROFILE_ROWS.replace(session, device_id, document["profiles"]) if "profiles" in carried else {}
+    updates = {
+        identifier: (before["version"], after["version"])
+        for identifier, (before, after) in apps.items()
+        if before is not None and after is not None and bool(before["managed"]) == bool(after["managed"])
+    }
+    return InventoryChange(
+        stored=True, apps=frozenset(apps.keys() - updates.keys()), profiles=frozenset(profiles), app_versions=updates
+    )
 
 
 def whole_report_hash(inventory: Inventory) -> str | None:
@@ -179,6 +189,9 @@ def stored_apps(session: Session, device_id: str) -> dict[str, InstalledApp]:
     }
 
 
+RowChange = tuple[dict[str, Any] | None, dict[str, Any] | None]  # a row's columns (before, after)
+
+
 class _ReportedRows:
     """A device's reported rows in one table (its apps, or its profiles), kept equal to its last report.
 
@@ -198,9 +211,9 @@ class _ReportedRows:
             table.c.identifier.in_(bindparam("identifiers", expanding=True)),
         )
 
-    def replace(self, session: Session, device_id: str, rows: list[Any]) -> frozenset[str]:
-        """The device's rows become `rows` (a duplicate identifier keeps its last entry); the identifiers
-        of the rows that appeared, went or changed."""
+    def replace(self, session: Session, device_id: str, rows: list[Any]) -> dict[str, RowChange]:
+        """The device's rows become `rows` (a duplicate identifier keeps its last entry); the rows that
+        appeared, went or changed, by identifier: (its values before, after; None where there was none)."""
         session.flush()  # what the ORM holds goes first, as its own statements would have flushed it
         connection = session.connection()
         stored = {row[0]: tuple(row) for row in connection.execute(self._stored, {"device_id": device_id})}
@@ -214,7 +227,13 @@ class _ReportedRows:
                 insert(self._table),
                 [{"device_id": device_id, **dict(zip(self._columns, values, strict=True))} for values in fresh],
             )
-        return frozenset(stale).union(values[0] for values in fresh)
+        return {
+            identifier: (self._named(stored.get(identifier)), self._named(wanted.get(identifier)))
+            for identifier in {*stale, *(values[0] for values in fresh)}
+        }
+
+    def _named(self, values: tuple[Any, ...] | None) -> dict[str, Any] | None:
+        return None if values is None else dict(zip(self._columns, values, strict=True))
 
 
 _APP_ROWS = _ReportedRows(DeviceApp.__table__)  # type: ignore[attr-defined]
