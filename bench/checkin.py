@@ -127,7 +127,9 @@ def run(database_url: str | None, seconds: float = 10.0, workers: int = 1, threa
                 ipads = apple.enrolled_ipads(url, folder / "data", setup, ipad_token, threads)
             healthz = measured(server, [lambda: http.get(f"{base}/healthz").raise_for_status()] * threads, seconds)
             unchanged = measured(server, [device.checkin for device in devices], seconds)
-            changed = measured(server, [_drifting(device, SCHOOL_APP) for device in devices], seconds)
+            changed = measured(
+                server, [_drifting(device, SCHOOL_APP, below_minimum=True) for device in devices], seconds
+            )
             family = measured(server, [_drifting(device, "com.example.family0") for device in devices], seconds)
             enrolled = measured(server, [_enrolling(http, base, folder, token, n) for n in range(threads)], seconds)
             idle = measured(server, [apple.idle_connect(http, ipad) for ipad in ipads], seconds)
@@ -152,7 +154,7 @@ def show(healthz: Load, unchanged: Load, changed: Load, family: Load, enrolled: 
     for load, name in (
         (healthz, "bare /healthz"),
         (unchanged, "unchanged check-ins"),
-        (changed, f"changed check-ins ({APPS_PER_DEVICE} apps, the school app drifted)"),
+        (changed, f"changed check-ins ({APPS_PER_DEVICE} apps, the school app below its minimum and back)"),
         (family, f"changed check-ins ({APPS_PER_DEVICE} apps, a family app drifted)"),
         (enrolled, "enrolments (CSR to certificate to first commands)"),
         (idle, "Apple idle connects (empty queue)"),
@@ -178,13 +180,19 @@ def show(healthz: Load, unchanged: Load, changed: Load, family: Load, enrolled: 
     figure("errors in every phase", errors, "", at_most(0))
 
 
-def _drifting(device: AgentClient, identifier: str) -> Callable[[], None]:
-    """Each check-in reports the app `identifier` at a new version (never below the school's minimum)."""
+def _drifting(device: AgentClient, identifier: str, below_minimum: bool = False) -> Callable[[], None]:
+    """Each check-in reports the app `identifier` at a new version (at or above the school's minimum).
+
+    `below_minimum`: every other check-in reports it at 0.9, under the school's 1.0, and the next back
+    above: a drift the plan acts on at each check-in. An update past the minimum moves no plan, so the
+    service reconciles nothing for it.
+    """
     counter = iter(range(10**9))
     app = next(app for app in device.state.inventory.apps if app.identifier == identifier)
 
     def work() -> None:
-        app.version = f"1.{next(counter)}"
+        n = next(counter)
+        app.version = "0.9" if below_minimum and n % 2 else f"1.{n}"
         device.checkin()
 
     return work
