@@ -175,8 +175,8 @@ def load_catalogue(session: Session) -> Catalogue:
 
 
 _SCOPES = select(ScopeRule.owner_id, ScopeRule.kind, ScopeRule.value)
-# Deleted ones included: the reconciler still removes what the school put on devices of them.
-# Deleted ones included, and an identifier may be catalogued once per platform.
+# Deleted ones included: the reconciler still removes what the school put on devices of them. An app
+# may be catalogued once per platform, so each of its rows' minimums is checked.
 _CATALOGUED_MINIMUMS = select(App.identifier, App.min_version).where(
     col(App.identifier).in_(bindparam("identifiers", expanding=True))
 )
