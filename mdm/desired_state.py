@@ -37,10 +37,9 @@ def report_changed(
     *,
     apps: Iterable[str] = (),
     profiles: Iterable[str] = (),
-    app_versions: Mapping[str, VersionChange] | None = None,
+    app_versions: Mapping[str, VersionChange] = MappingProxyType({}),
 ) -> None:
     """A device's stored report changed: `apps` and `profiles`, the identifiers of the rows that did;
     `app_versions`, the apps only updated, each (version before, after).
     The reconciler decides whether that can move what the device is sent."""
-    updates = MappingProxyType(dict(app_versions or {}))
-    hooks_of(session).reconcile_report(session, device_id, frozenset(apps), frozenset(profiles), updates)
+    hooks_of(session).reconcile_report(session, device_id, frozenset(apps), frozenset(profiles), app_versions)

@@ -8,7 +8,6 @@ the commands, cancellations and licence changes in bulk. No query is made per de
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Select, bindparam, case, delete, insert, or_, update
@@ -95,7 +94,7 @@ def reconcile_report(
     device_id: str,
     apps: frozenset[str],
     profiles: frozenset[str],
-    app_versions: Mapping[str, VersionChange] = MappingProxyType({}),
+    app_versions: Mapping[str, VersionChange],
 ) -> RunSummary | None:
     """After a device's stored report changed: reconciles it, unless the change is to nothing a plan reads.
 

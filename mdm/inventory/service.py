@@ -85,10 +85,11 @@ def store_inventory(
     `report_hash`: the whole report's `whole_report_hash`, when the caller has worked it out already.
     """
     stored = _StoredInventory(session, device_id)
-    if report_hash is not None and not partial and stored.content_hash == report_hash:
-        return UNCHANGED
+    known = None if partial else report_hash
+    if known is not None and stored.content_hash == known:
+        return UNCHANGED  # decided without dumping the report
     document, carried = _merged(session, stored, inventory, partial)
-    digest = report_hash if report_hash is not None and not partial else document_hash(document)
+    digest = known or document_hash(document)
     if stored.content_hash == digest:
         return UNCHANGED
     stored.replace(document, digest, now)
