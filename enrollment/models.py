@@ -8,7 +8,7 @@ from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, Platform
 from mdm.database import UtcDateTime
-from mdm.validation import Input
+from mdm.validation import Input, OsVersion
 
 
 class EnrollmentToken(SQLModel, table=True):
@@ -87,7 +87,7 @@ class EnrollingDevice(Input):
     serial: Serial | None = None
     platform: Platform
     model: Text200 | None = None
-    os_version: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
+    os_version: OsVersion | None = None
     name: Text200 | None = None
 
 

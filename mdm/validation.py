@@ -13,11 +13,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, StringConstraints, field_validator
 
 NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters (\\u0000)"
 MAX_INT32 = 2**31 - 1  # the largest value an INTEGER column holds on PostgreSQL
+# The device record's column: what a device says of its OS, at enrolment or in any report, must fit it.
+MAX_OS_VERSION = 50
 
 
 def contains_nul(value: Any) -> bool:
@@ -71,6 +73,7 @@ def as_utc(value: datetime) -> datetime:
 UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 # For filters, where a time without a zone would be ambiguous.
 AwareUtcTime = Annotated[AwareDatetime, AfterValidator(as_utc)]
+OsVersion = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_OS_VERSION)]
 
 
 def not_null(*fields: str) -> Callable[..., Any]:

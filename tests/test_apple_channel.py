@@ -405,6 +405,15 @@ def test_device_information_updates_the_devices_model_and_name(client, auth, run
     assert (shown["model"], shown["name"], shown["os_version"]) == ("iPad14,1", "Cart 3 iPad 7", "17.6")
 
 
+def test_an_os_version_longer_than_the_device_record_holds_is_cut_not_a_500(client, auth, runtime):
+    """A device's plist is not validated as a request body is: its facts are kept, cut to what the row holds."""
+    ipad, device = _enrolled(client, auth, runtime)
+    long = "17." + "9" * 60
+    _answer_queries(ipad, {"DeviceInformation": {"QueryResponses": {"OSVersion": long}}})
+    shown = client.get(f"/api/v1/devices/{device['id']}", headers=auth(Role.technician)).json()
+    assert shown["os_version"] == long[:50]
+
+
 def test_an_apple_identity_cannot_take_a_school_device_by_claiming_its_serial(client, auth, runtime, database):
     """The attack of the agent's H1, over Apple's protocol: an identity from any token claims a known serial."""
     person = client.post(

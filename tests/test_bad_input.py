@@ -38,6 +38,16 @@ def test_a_checkin_with_an_impossible_profile_version_is_422(client, auth, versi
     assert device.checkin().status_code == 200
 
 
+def test_a_checkin_with_an_os_version_longer_than_the_device_record_holds_is_422(client, auth):
+    """It was a 500 on PostgreSQL, whose column holds 50 characters, when the check-in wrote the device row."""
+    device = Device(client, auth)
+    problem = _is_problem(device.checkin({**INVENTORY, "os_version": "17." + "9" * 60}))
+    assert "inventory.os_version" in _fields(problem)
+    shown = client.get(f"/api/v1/devices/{device.id}", headers=auth(Role.admin)).json()
+    assert shown["os_version"] != "17." + "9" * 60
+    assert device.checkin({**INVENTORY, "os_version": "17.6"}).status_code == 200
+
+
 # --- Cursors ----------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from sqlmodel import Field, SQLModel
 
 from mdm.categories import Category, NetworkAccess, Platform
 from mdm.database import JsonType, UtcDateTime
-from mdm.validation import Input
+from mdm.validation import MAX_OS_VERSION, Input
 
 
 class DeviceState(StrEnum):
@@ -53,7 +53,7 @@ class Device(SQLModel, table=True):
     protocol: str = Field(default=Protocol.agent.value, max_length=10)
     model: str | None = Field(default=None, max_length=200)
     name: str | None = Field(default=None, max_length=200)
-    os_version: str | None = Field(default=None, max_length=50)
+    os_version: str | None = Field(default=None, max_length=MAX_OS_VERSION)
     category: str = Field(foreign_key="access_policy.category", max_length=30)
     state: str = Field(max_length=20)
     # A flag, not a state: a held device (confiscated, legal hold) is never wiped automatically.

@@ -17,7 +17,7 @@ from sqlalchemy import Column
 from sqlmodel import Field, SQLModel
 
 from mdm.database import JsonType, UtcDateTime
-from mdm.validation import MAX_INT32, Reported, UtcTime
+from mdm.validation import MAX_INT32, OsVersion, Reported, UtcTime
 
 
 class DeviceInventory(SQLModel, table=True):
@@ -71,7 +71,7 @@ class MalwareProtection(Reported):
 
 
 class Inventory(Reported):
-    os_version: Version | None = None
+    os_version: OsVersion | None = None
     build: Version | None = None
     passcode_set: bool | None = None
     passcode_length: int | None = PydanticField(None, ge=0, le=256)

@@ -16,6 +16,8 @@ import xml.parsers.expat
 from dataclasses import dataclass, field
 from typing import Any
 
+from mdm.validation import MAX_OS_VERSION
+
 MAX_UDID = 100  # apple_device.udid
 MAX_TEXT = 255
 
@@ -127,7 +129,7 @@ def read_checkin(body: bytes) -> CheckinMessage:
             serial=_text(document, "SerialNumber", limit=100),
             model=_text(document, "Model", limit=200) or _text(document, "ModelName", limit=200),
             product_name=_text(document, "ProductName", limit=200),
-            os_version=_text(document, "OSVersion", limit=50),
+            os_version=_text(document, "OSVersion", limit=MAX_OS_VERSION),
             build=_text(document, "BuildVersion", limit=50),
             device_name=_text(document, "DeviceName", limit=200),
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from mdm.channel.apple.messages import MessageError
 from mdm.inventory.models import InstalledApp, Inventory
+from mdm.validation import MAX_OS_VERSION
 
 DEVICE_INFORMATION = "DeviceInformation"
 SECURITY_INFO = "SecurityInfo"
@@ -57,7 +58,8 @@ def inventory_piece(query: str, document: Mapping[str, Any], stored_apps: Mappin
     data = document.get(ANSWER_KEYS[query])
     if query == DEVICE_INFORMATION:
         facts = _dictionary(data, query)
-        return _only_known(os_version=_string(facts, "OSVersion"), build=_string(facts, "BuildVersion"))
+        os_version = _string(facts, "OSVersion", limit=MAX_OS_VERSION)
+        return _only_known(os_version=os_version, build=_string(facts, "BuildVersion"))
     if query == SECURITY_INFO:
         return _security(_dictionary(data, query))
     if query == INSTALLED_APPS:
@@ -145,8 +147,8 @@ def _array(value: Any, query: str) -> list[Any]:
     return value
 
 
-def _string(facts: Mapping[str, Any], key: str) -> str | None:
+def _string(facts: Mapping[str, Any], key: str, limit: int = 100) -> str | None:
     value = facts.get(key)
     if isinstance(value, str) and value.strip():
-        return value.strip()[:100]
+        return value.strip()[:limit]
     return None
